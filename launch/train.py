@@ -1,0 +1,83 @@
+"""Trains the task a config names, on the clip shards under config.data.path.
+
+    python -m launch.train --config=launch/configs/vae_tiny.py --workdir=runs/vae_tiny \\
+        --config.data.path=runs/demo/world [--config.optim.lr=3e-4 ...]
+
+`--config=FILE[:ARG]` calls FILE's get_config(ARG); `--config.a.b=v` overrides one key and an
+unknown key fails naming it. Rerunning with the same --workdir resumes from its latest
+checkpoint; SIGTERM makes the run save a checkpoint and exit cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from data_pipelines import pipeline, shards
+from vidgen.train import loop
+from vidgen.train.tasks import Task
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:arg).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard and eval outputs.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _vae_task() -> Task:
+    from vidgen.train.tasks import vae   # imported only when asked for: it pulls in the model
+    return vae.TASK
+
+
+TASKS = {"vae": _vae_task}
+
+
+def get_task(name: str) -> Task:
+    """The Task for config.task; raises naming the known tasks."""
+    if name not in TASKS:
+        raise ValueError(f"config.task={name!r}: unknown task, expected one of {sorted(TASKS)}")
+    return TASKS[name]()
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing that exits with one line naming the bad flag or unknown config key."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}")
+    except (AttributeError, KeyError) as e:   # ml_collections: unknown key in --config.a.b=v
+        while e.args and isinstance(e.args[0], Exception):
+            e = e.args[0]
+        lines = str(e.args[0] if e.args else e).splitlines()
+        key = lines[0].strip("'\"")
+        culprits = [a.split("=")[0] for a in argv
+                    if a.startswith("--config.") and f".{key}" in a.split("=")[0]]
+        sys.exit(f"FATAL Flags parsing error: unknown config key {key!r} in "
+                 f"{', '.join(culprits) or '--config'}. {' '.join(lines[1:])}".strip())
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)   # orbax/grain per-save chatter
+    config = _CONFIG.value
+    task = get_task(config.task)
+    task.validate_config(config)
+    loop.validate_config(config)
+    d = config.data
+    train_ds = pipeline.make_clip_dataset(
+        shards.find_shards(d.path, "train"), num_frames=d.num_frames, height=d.height,
+        width=d.width, batch_size=d.batch_size, seed=config.seed, num_workers=d.num_workers)
+    eval_clips = None
+    if d.num_eval_clips > 0:
+        eval_clips = pipeline.load_eval_clips(
+            shards.find_shards(d.path, "eval"), num_frames=d.num_frames, height=d.height,
+            width=d.width, num_clips=d.num_eval_clips)
+    result = loop.train(task, config, _WORKDIR.value, iter(train_ds), eval_clips)
+    logging.info("done: %s", result)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

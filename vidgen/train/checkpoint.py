@@ -1,0 +1,113 @@
+"""Checkpoints: an orbax CheckpointManager holding three items per step, plus preemption.
+
+    {directory}/{step}/state   the TrainState (sharded arrays, restored into their shardings)
+    {directory}/{step}/data    the grain iterator state (grain.checkpoint.CheckpointSave)
+    {directory}/{step}/meta    JSON: config, task name, task extras (e.g. latent statistics)
+
+Saves are asynchronous (the step loop goes on while arrays are written) and atomic: orbax
+writes into `{step}.orbax-checkpoint-tmp-*` and renames only when every item is complete, so a
+process killed mid-save leaves the previous checkpoint as the latest one; leftovers of such a
+save are removed when the next manager opens the directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+    """Saves every `every_steps` steps (or when forced), keeps the last `keep`; restores."""
+
+    def __init__(self, directory: str, *, every_steps: int, keep: int, async_save: bool = True):
+        if every_steps < 1:
+            raise ValueError(f"config.checkpoint.every_steps={every_steps}: must be >= 1")
+        if keep < 1:
+            raise ValueError(f"config.checkpoint.keep={keep}: must be >= 1")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True,
+            cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+        self.directory = os.path.abspath(directory)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self.every_steps = every_steps
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None when there is none."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """The steps of all complete checkpoints kept on disk."""
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, data_iter: grain.DatasetIterator, meta: dict,
+             *, force: bool = False) -> bool:
+        """Starts saving (state, iterator state, meta) if `step` is due or `force`; returns
+        whether it did. Call right after the step, before the iterator moves on."""
+        if not (force or step % self.every_steps == 0) or step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=grain.checkpoint.CheckpointSave(data_iter),
+                                  meta=ocp.args.JsonSave(meta))
+        if jax.process_index() == 0:
+            log.info("checkpoint: saving step %d to %s", step, self.directory)
+        return self._manager.save(step, args=args, force=True)
+
+    def restore(self, step: int, abstract_state: Any,
+                data_iter: grain.DatasetIterator) -> tuple[Any, dict]:
+        """Restores step into `abstract_state`'s shapes and shardings; sets data_iter's state
+        in place. Returns (state, meta)."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                  data=grain.checkpoint.CheckpointRestore(data_iter),
+                                  meta=ocp.args.JsonRestore())
+        restored = self._manager.restore(step, args=args)
+        if jax.process_index() == 0:
+            log.info("checkpoint: restored step %d from %s", step, self.directory)
+        return restored.state, restored.meta
+
+    def reached_preemption(self, step: int) -> bool:
+        """Multi-host: whether JAX's preemption service asks every host to save at `step`."""
+        return self._manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        """Blocks until the pending asynchronous save (if any) is committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager's threads."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+class PreemptionGuard:
+    """Context manager: while active, SIGTERM only sets `requested` (the loop then saves and
+    exits cleanly) instead of killing the process. It stays out of the way outside the main
+    thread and in multi-host runs, where JAX's preemption service owns SIGTERM and
+    `Checkpointer.reached_preemption` gives every host the same stop step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        del frame
+        log.warning("received signal %d: will checkpoint and stop after this step", signum)
+        self.requested = True
+
+    def __enter__(self) -> PreemptionGuard:
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
