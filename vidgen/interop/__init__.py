@@ -1,0 +1,1 @@
+"""Weight mapping between our models and published checkpoints (diffusers Wan VAE layouts)."""
