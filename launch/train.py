@@ -63,9 +63,12 @@ def main(argv: list[str]) -> None:
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax/grain per-save chatter
     config = _CONFIG.value
-    task = get_task(config.task)
-    task.validate_config(config)
-    loop.validate_config(config)
+    try:
+        task = get_task(config.task)
+        task.validate_config(config)
+        loop.validate_config(config)
+    except ValueError as e:   # a bad config value: one line naming it, no traceback
+        sys.exit(f"FATAL config error: {e}")
     d = config.data
     train_ds = pipeline.make_clip_dataset(
         shards.find_shards(d.path, "train"), num_frames=d.num_frames, height=d.height,

@@ -9,22 +9,7 @@ from flax import nnx
 
 from vidgen.models.vae import CausalVAE, DiagonalGaussian, VAEConfig
 
-TINY = VAEConfig(base_channels=8, channel_mults=(1, 2, 2, 2), num_res_blocks=1, z_channels=4)
-
-
-def random_vae(cfg: VAEConfig, seed: int = 0) -> CausalVAE:
-    """A VAE with random weights (norm scales and biases too), filled from numpy: no compile."""
-    vae = nnx.eval_shape(lambda: CausalVAE(cfg, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(seed)
-    params = nnx.state(vae, nnx.Param)
-    for path, var in nnx.to_flat_state(params):
-        if path[-1] == "kernel":
-            value = rng.normal(size=var.shape) / np.sqrt(np.prod(var.shape[:-1]))
-        else:
-            value = (path[-1] == "scale") + 0.1 * rng.normal(size=var.shape)
-        var.set_value(jnp.asarray(value, jnp.float32))
-    nnx.update(vae, params)
-    return vae
+from vae_testing import TINY, random_vae  # tests/models is on sys.path (pytest rootdir-less layout)
 
 
 def test_config_defaults_are_wan21_and_from_dict_names_unknown_keys():

@@ -1,1 +1,1 @@
-
+"""Evaluation: reconstruction metrics (PSNR, SSIM) and pictures (comparison videos, PNG strips)."""

@@ -77,7 +77,7 @@ def _frozen(module: nnx.Module) -> nnx.Module:
     return nnx.merge(graphdef, jax.tree.map(jax.lax.stop_gradient, state))
 
 
-def _run_vae(vae: CausalVAE, video: jax.Array, key: jax.Array, with_pullback: bool):
+def _run_vae(vae: CausalVAE, video: jax.Array, key: jax.Array | None, with_pullback: bool):
     """Reconstructs video; with_pullback also returns the vector-Jacobian product of the
     reconstruction w.r.t. the decoder's last-layer kernel (for the adaptive GAN weight)."""
     if not with_pullback:
@@ -98,45 +98,50 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))
 
 
-def _adversarial_loss(model: VAETrainModel, target, recon, rec_loss_fn, pullback, step,
-                      config: ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+def _adaptive_weight(frozen_disc: nnx.Module, target: jax.Array, recon: jax.Array, pullback,
+                     loss: ConfigDict) -> jax.Array:
+    """VQGAN's balance |grad_W rec| / |grad_W gan| at the decoder's last-layer kernel W, clipped
+    and held constant. `pullback` maps d(loss)/d(recon) to d(loss)/dW through the last layer only."""
+    sg = jax.lax.stop_gradient(recon)
+    rec_cot = jax.grad(lambda r: reconstruction_loss(r, target, loss)[0])(sg)
+    gan_cot = jax.grad(lambda r: hinge_g_loss(frozen_disc(r)))(sg)
+    ratio = _global_norm(pullback(rec_cot)) / (_global_norm(pullback(gan_cot)) + 1e-4)
+    return jax.lax.stop_gradient(jnp.clip(ratio, 0.0, MAX_DISC_WEIGHT))
+
+
+def _adversarial_loss(model: VAETrainModel, target: jax.Array, recon: jax.Array, pullback,
+                      step: jax.Array, config: ConfigDict) -> tuple[jax.Array, dict]:
     """Generator + discriminator hinge terms, both gated on step >= config.loss.disc_start."""
-    fake_logits = _frozen(model.disc)(recon)                # gradient reaches the VAE only
-    g_loss = hinge_g_loss(fake_logits)
+    frozen_disc = _frozen(model.disc)
+    g_loss = hinge_g_loss(frozen_disc(recon))               # gradient reaches the VAE only
     both = jnp.concatenate([target, jax.lax.stop_gradient(recon)])
-    real_logits, sg_fake_logits = jnp.split(model.disc(both), 2)   # reaches the disc only
-    d_loss = hinge_d_loss(real_logits, sg_fake_logits)
+    real_logits, fake_logits = jnp.split(model.disc(both), 2)     # reaches the disc only
+    d_loss = hinge_d_loss(real_logits, fake_logits)
     weight = jnp.asarray(config.loss.disc, jnp.float32)
     if config.loss.adaptive_disc_weight:
-        # VQGAN: |grad_W rec| / |grad_W gan| at the decoder's last layer W, held constant.
-        sg = jax.lax.stop_gradient(recon)
-        rec_cot = jax.grad(rec_loss_fn)(sg)
-        gan_cot = jax.grad(lambda r: hinge_g_loss(_frozen(model.disc)(r)))(sg)
-        ratio = _global_norm(pullback(rec_cot)) / (_global_norm(pullback(gan_cot)) + 1e-4)
-        weight = weight * jax.lax.stop_gradient(jnp.clip(ratio, 0.0, MAX_DISC_WEIGHT))
+        weight = weight * _adaptive_weight(frozen_disc, target, recon, pullback, config.loss)
     on = (step >= config.loss.disc_start).astype(jnp.float32)
     terms = {"g_loss": g_loss, "d_loss": d_loss, "disc_weight": weight, "disc_on": on,
-             "logits_real": jnp.mean(real_logits), "logits_fake": jnp.mean(sg_fake_logits)}
+             "logits_real": jnp.mean(real_logits), "logits_fake": jnp.mean(fake_logits)}
     return on * (weight * g_loss + d_loss), terms
 
 
-def loss_fn(model: VAETrainModel, batch: dict[str, jax.Array], rng: jax.Array, step: jax.Array,
-            config: ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The VAE objective on batch["video"] [B, T, H, W, 3] (uint8 or [-1, 1]); returns
-    (loss, metrics) with every term. The KL is per latent element, averaged over the batch."""
+def loss_fn(model: VAETrainModel, batch: dict[str, jax.Array], rng: jax.Array | None,
+            step: jax.Array, config: ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The VAE objective on batch["video"] [B, T, H, W, 3] (uint8 or [-1, 1]), decoding a
+    posterior sample drawn with rng (the mode if rng is None). Returns (loss, metrics with every
+    term); the KL is per latent element, averaged over the batch."""
     target = _to_float(batch["video"])
     adversarial = model.disc is not None
     with_pullback = adversarial and bool(config.loss.adaptive_disc_weight)
     recon, posterior, pullback = _run_vae(model.vae, target, rng, with_pullback)
-    rec_loss_fn = lambda r: reconstruction_loss(r, target, config.loss)[0]  # noqa: E731
     rec_loss, terms = reconstruction_loss(recon, target, config.loss)
     kl = jnp.mean(posterior.kl()) / np.prod(posterior.mean.shape[1:])
     loss = rec_loss + config.loss.kl * kl
     terms.update(rec_loss=rec_loss, kl=kl,
                  psnr=jnp.mean(metrics.psnr(target, jax.lax.stop_gradient(recon))))
     if adversarial:
-        gan, gan_terms = _adversarial_loss(model, target, recon, rec_loss_fn, pullback, step,
-                                           config)
+        gan, gan_terms = _adversarial_loss(model, target, recon, pullback, step, config)
         loss, terms = loss + gan, {**terms, **gan_terms}
     return loss, {"loss": loss, **terms}
 
