@@ -21,7 +21,7 @@ RUNTIME = [
     "tqdm>=4.66",
 ]
 # Reference implementations for parity tests (torch 2.13.0 has a CPU build on our CI machines).
-REFERENCES = ["torch==2.13.0", "diffusers==0.42.1", "safetensors>=0.4"]
+REFERENCES = ["torch==2.13.0", "diffusers==0.42.1", "safetensors>=0.4", "transformers==5.24.0"]
 
 setuptools.setup(
     name="vidgen",

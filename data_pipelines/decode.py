@@ -76,16 +76,29 @@ def resize_crop(frames: np.ndarray, scaled_hw: tuple[int, int], out_hw: tuple[in
     return out
 
 
+def stride_for(num_available: int, num_frames: int, frame_stride: int) -> int:
+    """The frame step of a window: `frame_stride`, or with 0 the largest step whose window
+    still fits in the clip (num_frames spread over its whole duration)."""
+    if frame_stride < 0:
+        raise ValueError(f"frame_stride must be >= 0, got {frame_stride}")
+    if frame_stride > 0:
+        return frame_stride
+    return max(1, (int(num_available) - 1) // max(num_frames - 1, 1))
+
+
 def decode_clip(video: bytes, *, num_available: int, num_frames: int, height: int, width: int,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, int]:
-    """Decodes one training (rng given) or eval (rng None) clip to uint8 [num_frames, H, W, 3].
+                rng: np.random.Generator | None = None,
+                frame_stride: int = 1) -> tuple[np.ndarray, int]:
+    """Decodes one training (rng given) or eval (rng None) clip to uint8 [num_frames, H, W, 3],
+    taking every `frame_stride`-th frame (0: spread over the whole clip, see stride_for).
 
     Only frames up to the window's end are decoded. Returns the frames and how many trailing
     frames are repeats of the last real one (clips shorter than the window). Raises
     `vidgen.io.video.VideoDecodeError` if the bytes cannot be decoded.
     """
-    start = choose_window(num_available, num_frames, rng)
-    frames = video_io.read_video(video, start=start, num_frames=num_frames)
+    stride = stride_for(num_available, num_frames, frame_stride)
+    start = choose_window(num_available, (num_frames - 1) * stride + 1, rng)
+    frames = video_io.read_video(video, start=start, num_frames=num_frames, stride=stride)
     frames, num_padded = pad_to_length(frames, num_frames)
     scaled_hw = cover_size(frames.shape[1:3], (height, width))
     top_left = choose_crop(scaled_hw, (height, width), rng)

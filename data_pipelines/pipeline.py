@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
 import jax
@@ -73,6 +73,7 @@ class ClipDecoder:
     """Decodes a tagged record to a clip dict, or None (logged) if the record is unusable.
 
     `seed=None` selects the deterministic eval path: centre window and centre crop.
+    `text_fn(metadata) -> dict of arrays` adds per-clip text fields (e.g. caption token ids).
     """
 
     num_records: int
@@ -80,6 +81,8 @@ class ClipDecoder:
     height: int
     width: int
     seed: int | None
+    text_fn: Callable[[dict], dict[str, np.ndarray]] | None = None
+    frame_stride: int = 1
 
     def decode(self, tagged: tuple[int, bytes]) -> tuple[dict, np.ndarray, int] | None:
         """(metadata, uint8 [T, H, W, 3] frames, number of padded frames), or None if unusable."""
@@ -95,7 +98,7 @@ class ClipDecoder:
             num_available = meta.get("num_frames") or video_io.probe_video(video).num_frames
             frames, padded = decode.decode_clip(
                 video, num_available=int(num_available), num_frames=self.num_frames,
-                height=self.height, width=self.width, rng=rng)
+                height=self.height, width=self.width, rng=rng, frame_stride=self.frame_stride)
         except video_io.VideoDecodeError as e:
             log.warning("skipping clip %r (record %d): %s", meta.get("id"), record_index, e)
             return None
@@ -104,8 +107,9 @@ class ClipDecoder:
     def __call__(self, tagged: tuple[int, bytes]) -> dict[str, np.ndarray] | None:
         if (decoded := self.decode(tagged)) is None:
             return None
-        _, frames, padded = decoded
-        return {"video": frames, "padded_frames": np.int32(padded)}
+        meta, frames, padded = decoded
+        element = {"video": frames, "padded_frames": np.int32(padded)}
+        return element if self.text_fn is None else element | self.text_fn(meta)
 
 
 class _DropSkippedIterator(grain.DatasetIterator):
@@ -178,10 +182,13 @@ def host_batch_size(batch_size: int) -> int:
 def make_clip_dataset(shard_paths: Sequence[str], *, num_frames: int, height: int, width: int,
                       batch_size: int, seed: int, shuffle: bool = True,
                       num_epochs: int | None = None, num_workers: int = 0,
-                      shard_by_process: bool = True) -> grain.IterDataset:
+                      shard_by_process: bool = True,
+                      text_fn: Callable[[dict], dict[str, np.ndarray]] | None = None,
+                      frame_stride: int = 1) -> grain.IterDataset:
     """The training input: host-local batches of random clip windows and crops (see module doc).
 
-    `batch_size` is global. `num_workers > 0` decodes in that many spawned processes; a state
+    `batch_size` is global; `text_fn` adds per-clip text fields from each record's metadata;
+    `frame_stride` takes every n-th frame (0: num_frames spread over each whole clip). `num_workers > 0` decodes in that many spawned processes; a state
     saved with one worker count must be restored with the same count (the stream differs).
     """
     local_batch = host_batch_size(batch_size)
@@ -189,7 +196,7 @@ def make_clip_dataset(shard_paths: Sequence[str], *, num_frames: int, height: in
     shard = (grain.sharding.ShardByJaxProcess(drop_remainder=True) if shard_by_process
              else grain.sharding.NoSharding())
     clips = host_records(records, shard=shard, seed=seed, shuffle=shuffle, num_epochs=num_epochs)
-    decoder = ClipDecoder(len(records), num_frames, height, width, seed)
+    decoder = ClipDecoder(len(records), num_frames, height, width, seed, text_fn, frame_stride)
     read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * local_batch)
     ds = DropSkipped(clips.map(decoder).to_iter_dataset(read, allow_nones=True))
     ds = ds.batch(local_batch, drop_remainder=True)
@@ -201,22 +208,52 @@ def make_clip_dataset(shard_paths: Sequence[str], *, num_frames: int, height: in
 
 
 def load_eval_clips(shard_paths: Sequence[str], *, num_frames: int, height: int, width: int,
-                    num_clips: int) -> dict:
+                    num_clips: int | None, frame_stride: int = 1) -> dict:
     """The first `num_clips` decodable clips in file order, centre window and centre crop.
 
-    For held-out evaluation: the same clips and pixels every call. Returns
-    {"video": uint8 [N, T, H, W, 3], "id": list of clip ids}.
+    For held-out evaluation: the same clips and pixels every call (`num_clips=None`: all of
+    them). Returns {"video": uint8 [N, T, H, W, 3], "id": list of clip ids, "meta": list of
+    record metadata, "skipped": number of undecodable records passed over}.
     """
     records = tagged_records(shard_paths)
-    decoder = ClipDecoder(len(records), num_frames, height, width, seed=None)
-    clips = []
+    decoder = ClipDecoder(len(records), num_frames, height, width, seed=None,
+                          frame_stride=frame_stride)
+    clips, skipped = [], 0
     for index in range(len(records)):
         if len(clips) == num_clips:
             break
         if (decoded := decoder.decode(records[index])) is not None:
             clips.append(decoded)
-    if len(clips) < num_clips:
+        else:
+            skipped += 1
+    if num_clips is not None and len(clips) < num_clips:
         raise ValueError(f"asked for {num_clips} eval clips, only {len(clips)} decodable in "
                          f"{len(records)} records of {list(shard_paths)}")
     return {"video": np.stack([frames for _, frames, _ in clips]),
-            "id": [meta.get("id") for meta, _, _ in clips]}
+            "id": [meta.get("id") for meta, _, _ in clips],
+            "meta": [meta for meta, _, _ in clips], "skipped": skipped}
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentDecoder:
+    """A precomputed-latents record (data_pipelines/precompute.py) to an example dict."""
+
+    text_fn: Callable[[dict], dict[str, np.ndarray]] | None = None
+
+    def __call__(self, tagged: tuple[int, bytes]) -> dict[str, np.ndarray]:
+        meta, payload = shards.decode_record(tagged[1])
+        element = {"latents": shards.array_from_bytes(payload)}
+        return element if self.text_fn is None else element | self.text_fn(meta)
+
+
+def make_latent_dataset(shard_paths: Sequence[str], *, batch_size: int, seed: int,
+                        shuffle: bool = True, num_epochs: int | None = None,
+                        text_fn: Callable[[dict], dict[str, np.ndarray]] | None = None
+                        ) -> grain.IterDataset:
+    """Training batches of precomputed latents ({"latents": float32 [b, t, h, w, C]} plus the
+    text_fn fields): the same host sharding, shuffling and resumable state as clip batches."""
+    records = tagged_records(shard_paths)
+    clips = host_records(records, shard=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+                         seed=seed, shuffle=shuffle, num_epochs=num_epochs)
+    ds = clips.map(LatentDecoder(text_fn)).to_iter_dataset()
+    return ds.batch(host_batch_size(batch_size), drop_remainder=True)

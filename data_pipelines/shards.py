@@ -1,17 +1,20 @@
 """ArrayRecord shards of clips: one record per clip holding its metadata and encoded video.
 
 A record is a 4-byte little-endian length, that many bytes of UTF-8 JSON metadata, then the raw
-container bytes (mp4). Neither part is pickled, so shards are safe to read from anywhere.
+container bytes (mp4), or for precomputed latents (data_pipelines/precompute.py) a .npy array.
+Neither part is pickled, so shards are safe to read from anywhere.
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import json
 import os
 import struct
 from collections.abc import Iterable
 
+import numpy as np
 from array_record.python import array_record_module
 
 _HEADER = struct.Struct("<I")
@@ -36,6 +39,18 @@ def decode_record(record: bytes) -> tuple[dict, bytes]:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"record metadata is not UTF-8 JSON: {e}") from e
     return meta, bytes(record[end:])
+
+
+def array_to_bytes(array: np.ndarray) -> bytes:
+    """A float32 array as .npy bytes (no pickle): the payload of a precomputed-latents record."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, np.float32), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def array_from_bytes(data: bytes) -> np.ndarray:
+    """The inverse of array_to_bytes."""
+    return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def shard_path(out_dir: str, prefix: str, index: int, count: int) -> str:

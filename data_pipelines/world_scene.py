@@ -18,6 +18,11 @@ rest, bounces inelastically), grow/shrink {factor: exponential, radius ratio aft
 rotate {direction, angular_speed}. A camera pan "right" moves the camera right at `speed`, so the
 whole scene slides left. objects[0] is the clip's subject (the short caption names it).
 `object_states(scene)` gives every object's per-frame centre, radius and angle in pixels.
+
+Held-out combinations: HELDOUT_PAIRS lists (colour, shape) pairs that `combos="train"` scenes
+never show on any object, while every `combos="heldout"` scene's subject shows one (its other
+objects are unconstrained). Each shape is in one pair and each colour in at most one, so every
+colour and every shape alone is still seen in training: only the pairing is new.
 """
 
 from __future__ import annotations
@@ -72,6 +77,9 @@ MOTIONS = {"still": 0.15, "move": 0.3, "fall": 0.15, "grow": 0.12, "shrink": 0.1
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 GRADIENT_DIRECTIONS = ("horizontal", "vertical", "diagonal")
 OCCLUSION_PROB, PAN_PROB, GRADIENT_PROB = 0.3, 0.25, 0.6
+HELDOUT_PAIRS = (("red", "square"), ("yellow", "ring"), ("green", "triangle"),
+                 ("blue", "star"), ("pink", "ball"))
+COMBOS = ("all", "train", "heldout")
 
 
 def frame_size(aspect: str, base_size: int) -> tuple[int, int]:
@@ -98,13 +106,17 @@ def _sample_background(rng: np.random.Generator) -> dict:
             "direction": str(rng.choice(GRADIENT_DIRECTIONS)) if count == 2 else None}
 
 
-def _sample_colors(rng: np.random.Generator, count: int) -> tuple[dict, list[str]]:
-    """A background and `count` distinct object colours that all stand out against it."""
+def _sample_colors(rng: np.random.Generator, count: int,
+                   first: str | None = None) -> tuple[dict, list[str]]:
+    """A background and `count` distinct object colours that all stand out against it; the
+    first colour is `first` when given."""
     while True:
         background = _sample_background(rng)
         usable = [n for n, rgb in COLORS.items() if _contrast_ok(rgb, background)]
-        if len(usable) >= count:
-            return background, [usable[k] for k in rng.choice(len(usable), count, replace=False)]
+        pool, need = [n for n in usable if n != first], count - (first is not None)
+        if (first is None or first in usable) and len(pool) >= need:
+            picked = [pool[k] for k in rng.choice(len(pool), need, replace=False)]
+            return background, [first] * (first is not None) + picked
 
 
 def _sample_motion(rng: np.random.Generator, shape: str, scene: Scene, radius: float,
@@ -146,9 +158,11 @@ def _object(shape: str, color: str, size: str, radius: float, motion: dict,
 
 
 def _sample_object(rng: np.random.Generator, scene: Scene, color: str, placed: list[dict],
-                   extent: tuple[float, float]) -> dict:
-    """One object, started clear of those already placed (a few tries) so none starts hidden."""
-    shape, size = str(rng.choice(SHAPES)), str(rng.choice(list(SIZES)))
+                   extent: tuple[float, float], shape: str | None = None) -> dict:
+    """One object (of `shape` if given), started clear of those already placed (a few tries)
+    so none starts hidden."""
+    drawn, size = str(rng.choice(SHAPES)), str(rng.choice(list(SIZES)))
+    shape = shape or drawn
     radius = float(rng.uniform(*SIZES[size]))
     for _ in range(10):
         motion, position = _sample_motion(rng, shape, scene, radius, extent)
@@ -160,13 +174,14 @@ def _sample_object(rng: np.random.Generator, scene: Scene, color: str, placed: l
 
 
 def _sample_occlusion_pair(rng: np.random.Generator, scene: Scene, colors: list[str],
-                           extent: tuple[float, float]) -> list[dict]:
-    """A small object that moves along the frame's long axis behind a large still one."""
+                           extent: tuple[float, float], shape: str | None = None) -> list[dict]:
+    """A small object (of `shape` if given) that moves along the frame's long axis behind a
+    large still one."""
     axis = 0 if extent[0] >= extent[1] else 1
     big = float(rng.uniform(0.16, 0.19))
     small = float(rng.uniform(0.06, 0.08))
     front_shape = str(rng.choice(["ball", "square"]))
-    back_shape = str(rng.choice(SHAPES))
+    back_shape = shape or str(rng.choice(SHAPES))
     reach = BOUND[front_shape] * big + BOUND[back_shape] * small
     half_travel = reach + rng.uniform(0.02, 0.06)
     centre = rng.uniform(np.full(2, BOUND[front_shape] * big),
@@ -186,10 +201,39 @@ def _sample_occlusion_pair(rng: np.random.Generator, scene: Scene, colors: list[
     return [mover, blocker]
 
 
-def sample_scene(seed: int, index: int, base_size: int = 128) -> Scene:
-    """The scene of clip `index` of `seed`: a pure function of (seed, index, base_size)."""
-    rng = np.random.default_rng([seed, index])
-    aspect = str(rng.choice(list(ASPECTS)))
+def uses_heldout_pair(scene: Scene) -> bool:
+    """Whether any object of the scene shows a held-out (colour, shape) pair."""
+    return any((obj["color"], obj["shape"]) in HELDOUT_PAIRS for obj in scene["objects"])
+
+
+def sample_scene(seed: int, index: int, base_size: int = 128, *, combos: str = "all",
+                 aspect: str | None = None) -> Scene:
+    """The scene of clip `index` of `seed`: a pure function of the arguments.
+
+    combos: "all" draws from the whole vocabulary; "train" redraws (from [seed, index, attempt])
+    any scene showing a HELDOUT_PAIRS pair, so scenes without one are those of "all"; "heldout"
+    gives the subject the pair HELDOUT_PAIRS[index % len(HELDOUT_PAIRS)]. `aspect` fixes the
+    frame's aspect ratio (a key of ASPECTS) instead of drawing it.
+    """
+    if combos not in COMBOS:
+        raise ValueError(f"unknown combos {combos!r}; expected one of {COMBOS}")
+    if aspect is not None and aspect not in ASPECTS:
+        raise ValueError(f"unknown aspect {aspect!r}; expected one of {sorted(ASPECTS)}")
+    subject = HELDOUT_PAIRS[index % len(HELDOUT_PAIRS)] if combos == "heldout" else None
+    attempt = 0
+    while True:
+        key = [seed, index] if attempt == 0 else [seed, index, attempt]
+        scene = _draw_scene(np.random.default_rng(key), seed, index, base_size, aspect, subject)
+        if combos != "train" or not uses_heldout_pair(scene):
+            return scene
+        attempt += 1
+
+
+def _draw_scene(rng: np.random.Generator, seed: int, index: int, base_size: int,
+                aspect: str | None, subject: tuple[str, str] | None) -> Scene:
+    """One scene from `rng`; `subject` forces objects[0]'s (colour, shape)."""
+    drawn = str(rng.choice(list(ASPECTS)))
+    aspect = aspect or drawn
     width, height = frame_size(aspect, base_size)
     fps = int(rng.choice(FRAME_RATES))
     num_objects = int(rng.integers(1, 4))
@@ -200,10 +244,13 @@ def sample_scene(seed: int, index: int, base_size: int = 128) -> Scene:
                     "height": height, "fps": fps, "num_frames": num_frames,
                     "duration_s": num_frames / fps}
     extent = (width / min(width, height), height / min(width, height))
-    scene["background"], colors = _sample_colors(rng, num_objects)
-    objects = _sample_occlusion_pair(rng, scene, colors, extent) if occlusion else []
+    subject_color, subject_shape = subject or (None, None)
+    scene["background"], colors = _sample_colors(rng, num_objects, subject_color)
+    objects = (_sample_occlusion_pair(rng, scene, colors, extent, subject_shape)
+               if occlusion else [])
     for color in colors[len(objects):]:
-        objects.append(_sample_object(rng, scene, color, objects, extent))
+        objects.append(_sample_object(rng, scene, color, objects, extent,
+                                      None if objects else subject_shape))
     # Occlusion: the still blocker in front, the mover just behind it, any other at the back.
     depths = [1, 0, 2][:num_objects] if occlusion else rng.permutation(num_objects).tolist()
     for obj, depth in zip(objects, depths):

@@ -30,7 +30,12 @@ def _vae_task() -> Task:
     return vae.TASK
 
 
-TASKS = {"vae": _vae_task}
+def _dit_task() -> Task:
+    from vidgen.train.tasks import dit
+    return dit.TASK
+
+
+TASKS = {"vae": _vae_task, "dit": _dit_task}
 
 
 def get_task(name: str) -> Task:
@@ -70,14 +75,22 @@ def main(argv: list[str]) -> None:
     except ValueError as e:   # a bad config value: one line naming it, no traceback
         sys.exit(f"FATAL config error: {e}")
     d = config.data
-    train_ds = pipeline.make_clip_dataset(
-        shards.find_shards(d.path, "train"), num_frames=d.num_frames, height=d.height,
-        width=d.width, batch_size=d.batch_size, seed=config.seed, num_workers=d.num_workers)
+    text_fn = task.example_fields(config) if task.example_fields is not None else None
+    if d.get("latents_path"):        # precomputed latents (python -m data_pipelines.precompute)
+        train_ds = pipeline.make_latent_dataset(
+            shards.find_shards(d.latents_path, "train"), batch_size=d.batch_size,
+            seed=config.seed, text_fn=text_fn)
+    else:
+        train_ds = pipeline.make_clip_dataset(
+            shards.find_shards(d.path, "train"), num_frames=d.num_frames, height=d.height,
+            width=d.width, batch_size=d.batch_size, seed=config.seed,
+            num_workers=d.num_workers, text_fn=text_fn, frame_stride=d.get("frame_stride", 1))
     eval_clips = None
     if d.num_eval_clips > 0:
         eval_clips = pipeline.load_eval_clips(
-            shards.find_shards(d.path, "eval"), num_frames=d.num_frames, height=d.height,
-            width=d.width, num_clips=d.num_eval_clips)
+            shards.find_shards(d.path, d.get("eval_split", "eval")), num_frames=d.num_frames,
+            height=d.height, width=d.width, num_clips=d.num_eval_clips,
+            frame_stride=d.get("frame_stride", 1))
     result = loop.train(task, config, _WORKDIR.value, iter(train_ds), eval_clips)
     logging.info("done: %s", result)
 

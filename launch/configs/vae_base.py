@@ -1,4 +1,4 @@
-"""Production causal VAE sized like Wan 2.1's (base 96, mults 1,2,4,4, 2 res blocks, 16 latent
+r"""Production causal VAE sized like Wan 2.1's (base 96, mults 1,2,4,4, 2 res blocks, 16 latent
 channels, 4x8x8 compression), trained with L1 + SSIM + KL and, after 50k steps, a hinge GAN with
 VQGAN's adaptive weight. Sized for a TPU v5p-128 slice (64 chips): 128 clips of 17x256x256 per
 step, bf16 compute, parameters and optimizer state sharded 8-way (fsdp) inside data-parallel
@@ -29,8 +29,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
                               z_channels=16, temporal_downsample=(False, True, True),
                               attn_scales=(), dropout=0.0, dtype="bfloat16",
                               param_dtype="float32"))
-    c.loss = ConfigDict(dict(l1=1.0, ssim=0.2, kl=1e-6, disc=0.5, disc_start=50_000,
-                             adaptive_disc_weight=True))
+    c.loss = ConfigDict(dict(l1=1.0, l2=0.0, ssim=0.2, kl=1e-6, disc=0.5, disc_start=50_000,
+                             adaptive_disc_weight=True, init_logvar=0.0))
     c.disc = ConfigDict(dict(channels=64, num_layers=3))
     c.data = ConfigDict(dict(path="", num_frames=17, height=256, width=256, batch_size=128,
                              num_workers=8, num_eval_clips=64))

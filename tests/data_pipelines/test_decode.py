@@ -102,3 +102,18 @@ def test_decode_clip_matches_reference_pipeline(num_available, seed):
 def test_decode_clip_rejects_garbage():
     with pytest.raises(video_io.VideoDecodeError):
         decode.decode_clip(b"not a video", num_available=4, num_frames=2, height=8, width=8)
+
+
+@pytest.mark.parametrize("frame_stride,num_available,want_stride", [(2, 15, 2), (0, 17, 2),
+                                                                    (0, 20, 2), (0, 7, 1)])
+def test_strided_windows_take_every_nth_frame(frame_stride, num_available, want_stride):
+    assert decode.stride_for(num_available, 9, frame_stride) == want_stride
+    video = video_io.encode_video(_ramp_clip(num_available, 16, 16), fps=8.0)
+    got, padded = decode.decode_clip(video, num_available=num_available, num_frames=9,
+                                     height=16, width=16, frame_stride=frame_stride)
+    span = 8 * want_stride + 1
+    start = max(num_available - span, 0) // 2                  # the eval path centres it
+    want = 20 + 12 * np.minimum(start + want_stride * np.arange(9), num_available - 1)
+    brightness = got[:, :, 0, 0].mean(axis=1)                  # the ramp's left edge
+    assert np.abs(brightness - want).max() <= 3.0
+    assert padded == max(9 - len(range(start, num_available, want_stride)), 0)

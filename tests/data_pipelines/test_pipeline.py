@@ -174,9 +174,24 @@ def test_corrupt_records_are_skipped_counted_and_named(corrupt_paths, caplog):
     assert "record 6" in caplog.text
 
 
+def _id_tokens(meta: dict) -> dict[str, np.ndarray]:
+    """A stand-in tokenizer: the clip id's digits as int32 tokens."""
+    return {"text_ids": np.array([int(c) for c in meta["id"][-2:]], np.int32)}
+
+
+def test_text_fn_adds_per_clip_fields_from_record_metadata(paths):
+    plain = next(iter(_dataset(paths)))
+    batch = next(iter(_dataset(paths, text_fn=_id_tokens)))
+    np.testing.assert_array_equal(batch["video"], plain["video"])
+    assert batch["text_ids"].shape == (4, 2) and batch["text_ids"].dtype == np.int32
+    ids = {tuple(row) for row in batch["text_ids"]}
+    assert all(0 <= 10 * a + b < NUM_CLIPS for a, b in ids) and len(ids) == 4
+
+
 def test_eval_clips_are_first_decodable_centre_crops(corrupt_paths):
     clips = pipeline.load_eval_clips(corrupt_paths, num_clips=4, **SHAPE)
     assert clips["id"] == ["clip00", "clip01", "clip03", "clip05"]
+    assert [m["id"] for m in clips["meta"]] == clips["id"]
     assert clips["video"].shape == (4, 5, 16, 24, 3) and clips["video"].dtype == np.uint8
     _, stored = shards.decode_record(grain.sources.ArrayRecordDataSource(corrupt_paths)[1])
     want, _ = decode.decode_clip(stored, num_available=10, **SHAPE)  # rng=None: centre choices

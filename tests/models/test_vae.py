@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from vidgen.models import vae as vae_lib
 from vidgen.models.vae import CausalVAE, DiagonalGaussian, VAEConfig
 
 from vae_testing import TINY, random_vae  # tests/models is on sys.path (pytest rootdir-less layout)
@@ -117,3 +118,26 @@ def test_gradients_flow_with_bfloat16_compute_and_other_factors():
     kernel = grads.decoder.conv_out.kernel[...]
     assert kernel.dtype == jnp.float32 and np.isfinite(np.asarray(kernel)).all()
     assert np.abs(np.asarray(grads.encoder.conv_in.kernel[...])).max() > 0
+
+
+def test_patchify_is_a_pixel_unshuffle_and_unpatchify_inverts_it():
+    x = np.arange(2 * 1 * 4 * 6 * 3, dtype=np.float32).reshape(2, 1, 4, 6, 3)
+    p = vae_lib.patchify(jnp.asarray(x), 2)
+    assert p.shape == (2, 1, 2, 3, 12)
+    # position (i, j), channel c * 4 + dy * 2 + dx holds pixel (2i + dy, 2j + dx), channel c
+    for i, j, c, dy, dx in [(0, 0, 0, 0, 0), (1, 2, 2, 1, 0), (0, 1, 1, 1, 1), (1, 0, 0, 0, 1)]:
+        assert p[1, 0, i, j, c * 4 + dy * 2 + dx] == x[1, 0, 2 * i + dy, 2 * j + dx, c]
+    np.testing.assert_array_equal(vae_lib.unpatchify(p, 2), x)
+
+
+def test_patched_vae_compresses_by_patch_times_levels_and_stays_causal():
+    cfg = VAEConfig(base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1, z_channels=4,
+                    temporal_downsample=(True, True), patch_size=2)
+    assert (cfg.temporal_factor, cfg.spatial_factor) == (4, 8)
+    vae = random_vae(cfg)
+    video = jax.random.uniform(jax.random.key(0), (1, 9, 16, 24, 3), minval=-1, maxval=1)
+    z = vae.encode(video).mean
+    assert z.shape == (1, 3, 2, 3, 4)
+    assert vae.decode(z).shape == video.shape
+    changed = vae.encode(video.at[:, 5:].set(0.0)).mean       # frames 5.. feed latent 2 only
+    np.testing.assert_array_equal(np.asarray(changed[:, :2]), np.asarray(z[:, :2]))

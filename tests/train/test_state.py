@@ -113,9 +113,10 @@ def _tiny_vae_config() -> ml_collections.ConfigDict:
     from launch.configs import vae_tiny
     config = vae_tiny.get_config("tiny")
     config.model.update(base_channels=8, channel_mults=(1,), num_res_blocks=1, z_channels=4,
-                        temporal_downsample=())
+                        temporal_downsample=(), patch_size=1)
     config.data.update(num_frames=3, height=16, width=16, batch_size=8)
-    config.optim.warmup_steps = 0
+    config.loss.update(l1=1.0, l2=0.0, ssim=0.2)
+    config.optim.update(warmup_steps=0, lr=1e-3)
     return config
 
 

@@ -22,9 +22,10 @@ def _config(disc: float = 0.0):
     parameter init compiles one initializer per distinct shape, so the widths are all equal."""
     c = vae_tiny.get_config("tiny")
     c.model.update(base_channels=4, channel_mults=(1, 1), temporal_downsample=(True,),
-                   z_channels=4)
+                   z_channels=4, patch_size=1)
     c.data.update(num_frames=SHAPE[1], height=SHAPE[2], width=SHAPE[3], batch_size=SHAPE[0])
-    c.loss.update(disc=disc, adaptive_disc_weight=True, disc_start=3, kl=0.01)
+    c.loss.update(disc=disc, adaptive_disc_weight=True, disc_start=3, kl=0.01, l1=1.0, l2=0.5,
+                  ssim=0.2)
     c.disc.update(channels=8, num_layers=2)
     return c
 
@@ -55,6 +56,10 @@ def _assert_trees_close(a, b):
 
 def test_build_model_holds_disc_only_with_gan_loss(gan_model):
     assert isinstance(gan_model.disc, PatchDiscriminator3D)
+    c = _config()
+    bias = np.asarray(gan_model.vae.quant_conv.bias[...])     # [mean | logvar] channels
+    assert (bias[c.model.z_channels:] == c.loss.init_logvar).all()
+    assert (bias[:c.model.z_channels] == 0).all()
     abstract = nnx.eval_shape(lambda: task.build_model(_config(), nnx.Rngs(0)))
     assert abstract.disc is None and isinstance(abstract.vae, CausalVAE)
 
@@ -68,14 +73,15 @@ def test_terms_match_references(gan_model):
     target = np.asarray(video, np.float64) / 127.5 - 1
     recon, mean, logvar = (np.asarray(a, np.float64) for a in (recon, post.mean, post.logvar))
     kl = np.mean(0.5 * (mean ** 2 + np.exp(logvar) - 1 - logvar))   # per latent element
-    l1 = np.mean(np.abs(recon - target))
+    l1, l2 = np.mean(np.abs(recon - target)), np.mean((recon - target) ** 2)
     frames = (-1,) + SHAPE[2:]
     ssim = float(jnp.mean(metrics.ssim_frames(jnp.asarray((recon.reshape(frames) + 1) / 2),
                                               jnp.asarray((target.reshape(frames) + 1) / 2))))
     assert float(m["l1"]) == pytest.approx(l1, rel=1e-5)
+    assert float(m["l2"]) == pytest.approx(l2, rel=1e-5)
     assert float(m["kl"]) == pytest.approx(kl, rel=1e-4)
     assert float(m["ssim"]) == pytest.approx(ssim, abs=1e-5)
-    want = c.loss.l1 * l1 + c.loss.ssim * (1 - ssim) + c.loss.kl * kl
+    want = c.loss.l1 * l1 + c.loss.l2 * l2 + c.loss.ssim * (1 - ssim) + c.loss.kl * kl
     assert float(loss) == pytest.approx(want, rel=1e-5)
     mse = np.mean((np.clip(recon, -1, 1) / 2 - target / 2) ** 2, axis=(1, 2, 3, 4))
     assert float(m["psnr"]) == pytest.approx(np.mean(-10 * np.log10(mse)), rel=1e-5)

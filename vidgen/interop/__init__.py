@@ -1,1 +1,1 @@
-"""Weight mapping between our models and published checkpoints (diffusers Wan VAE layouts)."""
+"""Weight mapping between our models and published checkpoints (diffusers Wan layouts, Hugging Face T5)."""

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.interop.tensors import to_numpy
 from vidgen.models.layers import AttentionBlock
 from vidgen.models.vae import CausalVAE, VAEConfig
 
@@ -32,19 +33,6 @@ _CONFIG_KEYS = {"base_dim": "base_channels", "dim_mult": "channel_mults",
 def diffusers_key(path: tuple[Any, ...]) -> str:
     """The AutoencoderKLWan state-dict key of one of our parameter paths."""
     return ".".join(_RENAME.get(p, str(p)) if isinstance(p, str) else str(p) for p in path)
-
-
-def _to_numpy(value: Any, key: str) -> np.ndarray:
-    """A numpy array from a numpy array or a torch tensor (bfloat16 goes through float32)."""
-    if hasattr(value, "detach"):            # torch.Tensor, without importing torch
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":
-            value = value.float()
-        value = value.numpy()
-    array = np.asarray(value)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise ValueError(f"{key}: dtype {array.dtype} is not floating point")
-    return array
 
 
 def _convert(array: np.ndarray, target: tuple[int, ...], name: str, key: str) -> np.ndarray:
@@ -75,7 +63,7 @@ def load_state_dict(vae: CausalVAE, state_dict: Mapping[str, Any]) -> None:
                        f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
                        f"{' ...' if len(unexpected) > 8 else ''}")
     for key, (path, var) in keys.items():
-        array = _convert(_to_numpy(state_dict[key], key), var.shape, path[-1], key)
+        array = _convert(to_numpy(state_dict[key], key), var.shape, path[-1], key)
         var.set_value(jnp.asarray(array, dtype=var.dtype))
     nnx.update(vae, params)
 

@@ -35,6 +35,7 @@ class VAEConfig:
     attn_scales: tuple[float, ...] = ()
     dropout: float = 0.0
     in_channels: int = 3
+    patch_size: int = 1              # pixel-unshuffle p x p before the encoder (Wan 2.2 style)
     dtype: str = "float32"           # compute dtype
     param_dtype: str = "float32"
 
@@ -44,7 +45,7 @@ class VAEConfig:
         if len(self.temporal_downsample) != len(self.channel_mults) - 1:
             raise ValueError(f"VAEConfig.temporal_downsample={self.temporal_downsample}: needs one "
                              f"entry per downsampling stage ({len(self.channel_mults) - 1})")
-        for name in ("base_channels", "num_res_blocks", "z_channels", "in_channels"):
+        for name in ("base_channels", "num_res_blocks", "z_channels", "in_channels", "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VAEConfig.{name}={getattr(self, name)}: must be >= 1")
         for name in ("dtype", "param_dtype"):
@@ -64,7 +65,12 @@ class VAEConfig:
 
     @property
     def spatial_factor(self) -> int:
-        return 2 ** (len(self.channel_mults) - 1)
+        return self.patch_size * 2 ** (len(self.channel_mults) - 1)
+
+    @property
+    def pixel_channels(self) -> int:
+        """Channels the encoder sees and the decoder emits: in_channels per pixel of a patch."""
+        return self.in_channels * self.patch_size ** 2
 
     @property
     def temporal_factor(self) -> int:
@@ -105,6 +111,25 @@ class MidBlock(nnx.Module):
         return self.resnets[1](self.attentions[0](x), stream)
 
 
+def patchify(video: jax.Array, p: int) -> jax.Array:
+    """[B, T, H, W, C] -> [B, T, H/p, W/p, C*p*p]: each p x p pixel block becomes one position
+    (channel order c, dy, dx), so full-resolution convs run on 1/p^2 of the positions."""
+    if p == 1:
+        return video
+    b, t, h, w, c = video.shape
+    x = video.reshape(b, t, h // p, p, w // p, p, c)
+    return x.transpose(0, 1, 2, 4, 6, 3, 5).reshape(b, t, h // p, w // p, c * p * p)
+
+
+def unpatchify(x: jax.Array, p: int) -> jax.Array:
+    """The inverse of patchify."""
+    if p == 1:
+        return x
+    b, t, h, w, cpp = x.shape
+    x = x.reshape(b, t, h, w, cpp // (p * p), p, p)
+    return x.transpose(0, 1, 2, 5, 3, 6, 4).reshape(b, t, h * p, w * p, cpp // (p * p))
+
+
 def _dtypes(cfg: VAEConfig) -> dict[str, Any]:
     return dict(dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype))
 
@@ -116,7 +141,7 @@ class Encoder3d(nnx.Module):
     def __init__(self, cfg: VAEConfig, *, rngs: nnx.Rngs):
         kw, drop = dict(_dtypes(cfg), rngs=rngs), cfg.dropout
         dims = [cfg.base_channels * m for m in (1,) + cfg.channel_mults]
-        self.conv_in = CausalConv3d(cfg.in_channels, dims[0], **kw)
+        self.conv_in = CausalConv3d(cfg.pixel_channels, dims[0], **kw)
         blocks, scale = [], 1.0
         for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:])):
             for _ in range(cfg.num_res_blocks):
@@ -177,7 +202,7 @@ class Decoder3d(nnx.Module):
                                   mode, dropout=drop, **kw))
         self.up_blocks = nnx.List(blocks)
         self.norm_out = RMSNorm(dims[-1], param_dtype=kw["param_dtype"])
-        self.conv_out = CausalConv3d(dims[-1], cfg.in_channels, **kw)
+        self.conv_out = CausalConv3d(dims[-1], cfg.pixel_channels, **kw)
 
     def __call__(self, x: jax.Array, stream: CausalStream) -> jax.Array:
         x = self.mid_block(self.conv_in(x, stream), stream)
@@ -231,13 +256,15 @@ class CausalVAE(nnx.Module):
 
     def encode_chunk(self, video: jax.Array, stream: CausalStream) -> DiagonalGaussian:
         """Encodes the part of a clip that `stream` is positioned at (see layers.CausalStream)."""
+        video = patchify(video, self.config.patch_size)
         h = self.quant_conv(self.encoder(video, stream), stream)
         mean, logvar = jnp.split(h, 2, axis=-1)
         return DiagonalGaussian(mean, jnp.clip(logvar, *LOGVAR_RANGE))
 
     def decode_chunk(self, z: jax.Array, stream: CausalStream) -> jax.Array:
         """Decodes the part of a latent clip that `stream` is positioned at."""
-        return self.decoder(self.post_quant_conv(z, stream), stream)
+        return unpatchify(self.decoder(self.post_quant_conv(z, stream), stream),
+                          self.config.patch_size)
 
     def decoder_last_layer(self) -> nnx.Param:
         """The decoder's output conv kernel (the adaptive GAN weight differentiates through it)."""

@@ -16,11 +16,14 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
+from ml_collections import ConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +114,30 @@ class PreemptionGuard:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+
+def load_trained_model(directory: str, build_model: Callable[[ConfigDict, nnx.Rngs], nnx.Module],
+                       step: int | None = None) -> tuple[nnx.Module, ConfigDict, dict]:
+    """The model of a training checkpoint with its EMA parameters (what evaluation and
+    sampling use), rebuilt from the config saved with it; returns (model, config, meta).
+
+    Only the EMA parameters and the model's other variables are read, never the optimizer
+    state; `step` defaults to the newest checkpoint in `directory`."""
+    manager = ocp.CheckpointManager(os.path.abspath(directory))
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None or step not in manager.all_steps():
+            raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} "
+                                    f"in {directory} (steps: {list(manager.all_steps())})")
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        config = ConfigDict(meta["config"])
+        with nnx.use_eager_sharding(False):
+            abstract_model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
+        graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+        abstract = {"ema": params, "rest": rest}
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(abstract, partial_restore=True))).state
+    finally:
+        manager.close()
+    return nnx.merge(graphdef, state["ema"], state["rest"]), config, {**meta, "step": step}

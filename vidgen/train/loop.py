@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
@@ -52,10 +52,13 @@ def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
     mesh_lib.mesh_shape(config.mesh, jax.device_count() if num_devices is None else num_devices)
 
 
-def _global_batches(train_iter: Iterator[dict], mesh) -> Iterator[dict]:
-    """Host-local batches from train_iter as global arrays on the mesh, until it ends."""
+def _global_batches(train_iter: Iterator[dict], mesh,
+                    prepare: Callable[[dict], dict] | None = None) -> Iterator[dict]:
+    """Host-local batches from train_iter as global arrays on the mesh (then through the task's
+    prepare_batch, if any), until it ends."""
     for host_batch in train_iter:
-        yield mesh_lib.to_global(host_batch, mesh)
+        batch = mesh_lib.to_global(host_batch, mesh)
+        yield batch if prepare is None else prepare(batch)
 
 
 def _fetch(metrics: dict, step: int, limit: int) -> dict:
@@ -84,7 +87,7 @@ def _evaluate(task: Task, plan: state_lib.StatePlan, state, eval_clips, workdir:
 
 
 def _finalize(task: Task, plan: state_lib.StatePlan, state, train_iter, config: ConfigDict,
-              mesh, rules) -> dict | None:
+              mesh, rules, prepare: Callable[[dict], dict] | None) -> dict | None:
     """task.finalize on the EMA model and training batches; the iterator is rewound after, so
     the final checkpoint's data state is the one training ended with."""
     if task.finalize is None:
@@ -92,7 +95,7 @@ def _finalize(task: Task, plan: state_lib.StatePlan, state, train_iter, config: 
     data_state = train_iter.get_state()
     with mesh_lib.mesh_context(mesh, rules):
         extras = task.finalize(nnx.merge(plan.graphdef, state.ema, state.rest),
-                               _global_batches(train_iter, mesh), config)
+                               _global_batches(train_iter, mesh, prepare), config)
     train_iter.set_state(data_state)
     return extras
 
@@ -147,7 +150,9 @@ def train(task: Task, config: ConfigDict, workdir: str, train_iter, eval_clips: 
             log.info("workdir %s already holds the finished run (step %d)", workdir, latest)
             return saved_meta["result"]
     # --- Input (host-local batches -> global arrays; pulled one step at a time) ----------
-    batches = _global_batches(train_iter, mesh)
+    with mesh_lib.mesh_context(mesh, rules):
+        prepare = task.prepare_batch(config) if task.prepare_batch is not None else None
+    batches = _global_batches(train_iter, mesh, prepare)
     # --- Update ---------------------------------------------------------------------------
     update = state_lib.make_train_step(plan, task, tx, optim.make_schedule(config.optim, total),
                                        config, mesh, rules)
@@ -189,7 +194,8 @@ def train(task: Task, config: ConfigDict, workdir: str, train_iter, eval_clips: 
             if eval_clips is not None:
                 result["eval"] = _evaluate(task, plan, state, eval_clips, workdir, step, config,
                                            mesh, rules, writer)
-            result["extras"] = _finalize(task, plan, state, train_iter, config, mesh, rules)
+            result["extras"] = _finalize(task, plan, state, train_iter, config, mesh, rules,
+                                         prepare)
             _write_result(workdir, result)
             ckpt.save(step, state, train_iter, {**meta, "result": result}, force=True)
             return result

@@ -30,6 +30,12 @@ class Task:
         in {workdir}/result.json (e.g. latent statistics), or None for no such step.
     validate_config(config) raises ValueError naming the bad key and value; the launcher calls
         it before anything heavy.
+    prepare_batch(config) -> fn(global batch) -> batch, or None: built once when training starts,
+        applied to every global batch before the step, outside the differentiated function
+        (e.g. a frozen VAE encoding video to latents, so its weights are neither trained nor
+        checkpointed with the task's state).
+    example_fields(config) -> fn(record metadata) -> dict of arrays, or None: per-clip fields
+        the input pipeline adds to each example (e.g. caption token ids).
     """
 
     name: str
@@ -39,3 +45,5 @@ class Task:
     evaluate: Callable[[nnx.Module, dict, str, int, ConfigDict], dict[str, float]]
     finalize: Callable[[nnx.Module, Iterable[dict], ConfigDict], dict] | None
     validate_config: Callable[[ConfigDict], None]
+    prepare_batch: Callable[[ConfigDict], Callable[[dict], dict]] | None = None
+    example_fields: Callable[[ConfigDict], Callable[[dict], dict]] | None = None

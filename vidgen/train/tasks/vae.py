@@ -6,10 +6,10 @@ scalar loss with stop_gradient wiring: the generator term sees the discriminator
 stop-gradient parameters, and the discriminator term sees stop-gradient reconstructions, so the
 VAE never learns from the discriminator loss and the discriminator never from the generator loss.
 
-Config keys read here: `config.model` (VAEConfig fields), `config.loss` (l1, ssim, kl, disc,
-disc_start, adaptive_disc_weight), `config.disc` (channels, num_layers; only when loss.disc > 0),
-`config.data` (num_frames, height, width, batch_size), and optionally `config.eval` (batch_size,
-num_videos, fps, latent_stats_batches).
+Config keys read here: `config.model` (VAEConfig fields), `config.loss` (l1, l2, ssim, kl, disc,
+disc_start, adaptive_disc_weight, init_logvar), `config.disc` (channels, num_layers; only when
+loss.disc > 0), `config.data` (num_frames, height, width, batch_size), and optionally
+`config.eval` (batch_size, num_videos, fps, latent_stats_batches).
 """
 
 from __future__ import annotations
@@ -42,9 +42,21 @@ class VAETrainModel(nnx.Module):
         self.disc = disc
 
 
+def _set_initial_logvar(vae: CausalVAE, logvar: float) -> None:
+    """Starts the posterior log-variance near `logvar` (the bias of quant_conv's logvar half).
+
+    The default 0 means unit-variance sampling noise around encoder means of size ~0.5: the
+    decoder first learns to blur through that noise, which costs thousands of steps before the
+    KL-weighted balance is found. A negative start (e.g. -6, std 0.05) skips that phase."""
+    bias = vae.quant_conv.bias
+    bias[...] = bias[...].at[vae.config.z_channels:].set(logvar)
+
+
 def build_model(config: ConfigDict, rngs: nnx.Rngs) -> VAETrainModel:
-    """Builds the VAE from config.model, plus the discriminator when the GAN loss is on."""
+    """Builds the VAE from config.model (posterior logvar starting at config.loss.init_logvar),
+    plus the discriminator when the GAN loss is on."""
     vae = CausalVAE(VAEConfig.from_dict(config.model.to_dict()), rngs=rngs)
+    _set_initial_logvar(vae, config.loss.get("init_logvar", 0.0))
     disc = None
     if config.loss.disc > 0:
         disc = PatchDiscriminator3D(config.disc.channels, config.disc.num_layers, rngs=rngs)
@@ -60,9 +72,12 @@ def _to_float(video: jax.Array) -> jax.Array:
 
 def reconstruction_loss(recon: jax.Array, target: jax.Array,
                         loss: ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """l1 * mean|recon - target| + ssim * (1 - SSIM), on [-1, 1] float videos [B, T, H, W, 3]."""
-    l1 = jnp.mean(jnp.abs(recon - target))
-    total, terms = loss.l1 * l1, {"l1": l1}
+    """l1 * mean|recon - target| + l2 * mean (recon - target)^2 + ssim * (1 - SSIM), on [-1, 1]
+    float videos [B, T, H, W, 3]. The squared term is what PSNR measures: it weighs a missed
+    object's large errors above many small background ones, where L1 weighs every pixel alike."""
+    err = recon - target
+    l1, l2 = jnp.mean(jnp.abs(err)), jnp.mean(jnp.square(err))
+    total, terms = loss.l1 * l1 + loss.l2 * l2, {"l1": l1, "l2": l2}
     if loss.ssim > 0:
         frames = (-1,) + target.shape[2:]
         score = jnp.mean(metrics.ssim_frames((recon.reshape(frames) + 1) / 2,
@@ -235,7 +250,11 @@ def validate_config(config: ConfigDict) -> None:
     _require(levels >= 1, "model.channel_mults", m.channel_mults, "needs at least one level")
     _require(len(m.temporal_downsample) == levels - 1, "model.temporal_downsample",
              m.temporal_downsample, f"needs one flag per downsampling ({levels - 1})")
-    t_comp, s_comp = 2 ** sum(bool(f) for f in m.temporal_downsample), 2 ** (levels - 1)
+    try:
+        vae_config = VAEConfig.from_dict(m.to_dict())
+    except ValueError as e:
+        raise ValueError(f"config.model: {e}") from e
+    t_comp, s_comp = vae_config.temporal_factor, vae_config.spatial_factor
     _require(d.num_frames >= 1 and (d.num_frames - 1) % t_comp == 0, "data.num_frames",
              d.num_frames, f"must be 1+{t_comp}k (temporal compression {t_comp})")
     for key in ("height", "width"):
@@ -246,10 +265,10 @@ def validate_config(config: ConfigDict) -> None:
             _require(value >= metrics.SSIM_WINDOW, f"data.{key}", value,
                      f"SSIM loss needs frames of at least {metrics.SSIM_WINDOW} pixels")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
-    for key in ("l1", "ssim", "kl", "disc"):
+    for key in ("l1", "l2", "ssim", "kl", "disc"):
         _require(loss[key] >= 0, f"loss.{key}", loss[key], "loss weights must be >= 0")
-    _require(loss.l1 + loss.ssim > 0, "loss.l1", loss.l1,
-             "l1 and ssim are both 0: nothing asks for a reconstruction")
+    _require(loss.l1 + loss.l2 + loss.ssim > 0, "loss.l1", loss.l1,
+             "l1, l2 and ssim are all 0: nothing asks for a reconstruction")
     _require(loss.disc_start >= 0, "loss.disc_start", loss.disc_start, "must be >= 0")
     if loss.disc > 0:
         for key in ("channels", "num_layers"):
