@@ -16,9 +16,10 @@ $(VENV)/.installed: setup.py | $(PY)
 
 $(VENV)/.installed-test: setup.py $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps cd-fvd==0.1.1  # the I3D reference; see setup.py
 	touch $@
 
-# 1. Generate the synthetic world, train the tiny VAE, write reconstructions (CPU, ~20 min).
+# 1. The whole demo: synthetic world -> tokenizer -> tiny VAE -> latents -> tiny DiT -> samples (CPU).
 demo: $(VENV)/.installed
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash launch/demo.sh
 

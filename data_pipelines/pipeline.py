@@ -1,6 +1,6 @@
 """The grain graph that turns ArrayRecord clip shards into fixed-shape training and eval batches.
 
-Training graph (each stage a plain grain step, so bucketing/packing can slot in later):
+Training graph (each stage a plain grain step):
 
     ArrayRecordDataSource -> tag each record with its index       (MapDataset, random access)
       -> this host's shard (ShardOptions, drop_remainder)
@@ -18,11 +18,15 @@ Batches are dicts of NumPy arrays with a leading host-batch axis:
                               all batches is the number of records skipped so far.
 The iterator state is {"num_workers": k, "pipeline": grain's state}; restoring it into a
 pipeline with another worker count raises instead of silently yielding a different stream.
+
+The bucketed graph (one clip shape per global step, config.data.buckets) is
+data_pipelines/bucketed.py; packed latents are data_pipelines/packing.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 from collections.abc import Callable, Sequence
 
@@ -188,8 +192,9 @@ def make_clip_dataset(shard_paths: Sequence[str], *, num_frames: int, height: in
     """The training input: host-local batches of random clip windows and crops (see module doc).
 
     `batch_size` is global; `text_fn` adds per-clip text fields from each record's metadata;
-    `frame_stride` takes every n-th frame (0: num_frames spread over each whole clip). `num_workers > 0` decodes in that many spawned processes; a state
-    saved with one worker count must be restored with the same count (the stream differs).
+    `frame_stride` takes every n-th frame (0: num_frames spread over each whole clip).
+    `num_workers > 0` decodes in that many spawned processes; a state saved with one worker
+    count must be restored with the same count (the stream differs).
     """
     local_batch = host_batch_size(batch_size)
     records = tagged_records(shard_paths)
@@ -199,7 +204,11 @@ def make_clip_dataset(shard_paths: Sequence[str], *, num_frames: int, height: in
     decoder = ClipDecoder(len(records), num_frames, height, width, seed, text_fn, frame_stride)
     read = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * local_batch)
     ds = DropSkipped(clips.map(decoder).to_iter_dataset(read, allow_nones=True))
-    ds = ds.batch(local_batch, drop_remainder=True)
+    return in_workers(ds.batch(local_batch, drop_remainder=True), num_workers)
+
+
+def in_workers(ds: grain.IterDataset, num_workers: int) -> PinWorkerCount:
+    """ds run in `num_workers` spawned processes (0: in this one), its worker count pinned."""
     if num_workers > 0:
         if not flags.FLAGS.is_parsed():  # grain 0.2.18 reads an absl flag when starting workers
             flags.FLAGS.mark_as_parsed()
@@ -234,6 +243,15 @@ def load_eval_clips(shard_paths: Sequence[str], *, num_frames: int, height: int,
             "meta": [meta for meta, _, _ in clips], "skipped": skipped}
 
 
+def read_latent_payload(payload: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a precomputed-latents record: {"latents"} from a .npy payload, or every
+    array of an .npz payload ("latents" and, when precomputed, the caption's "context")."""
+    if payload[:2] == b"PK":
+        with np.load(io.BytesIO(payload), allow_pickle=False) as arrays:
+            return {k: arrays[k] for k in arrays.files}
+    return {"latents": shards.array_from_bytes(payload)}
+
+
 @dataclasses.dataclass(frozen=True)
 class LatentDecoder:
     """A precomputed-latents record (data_pipelines/precompute.py) to an example dict."""
@@ -242,7 +260,7 @@ class LatentDecoder:
 
     def __call__(self, tagged: tuple[int, bytes]) -> dict[str, np.ndarray]:
         meta, payload = shards.decode_record(tagged[1])
-        element = {"latents": shards.array_from_bytes(payload)}
+        element = read_latent_payload(payload)
         return element if self.text_fn is None else element | self.text_fn(meta)
 
 

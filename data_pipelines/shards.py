@@ -58,6 +58,21 @@ def shard_path(out_dir: str, prefix: str, index: int, count: int) -> str:
     return os.path.join(out_dir, f"{prefix}-{index:05d}-of-{count:05d}.array_record")
 
 
+def _writer(path: str) -> array_record_module.ArrayRecordWriter:
+    # group_size:1 keeps every record individually addressable for fast random reads.
+    return array_record_module.ArrayRecordWriter(path, "group_size:1")
+
+
+def write_shard(path: str, records: Iterable[tuple[dict, bytes]]) -> None:
+    """Writes (metadata, video) pairs in order into one ArrayRecord file."""
+    writer = _writer(path)
+    try:
+        for meta, video in records:
+            writer.write(encode_record(meta, video))
+    finally:
+        writer.close()
+
+
 def write_shards(records: Iterable[tuple[dict, bytes]], out_dir: str, prefix: str,
                  num_shards: int) -> list[str]:
     """Writes (metadata, video) pairs round-robin into `num_shards` ArrayRecord files."""
@@ -65,7 +80,7 @@ def write_shards(records: Iterable[tuple[dict, bytes]], out_dir: str, prefix: st
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
     os.makedirs(out_dir, exist_ok=True)
     paths = [shard_path(out_dir, prefix, i, num_shards) for i in range(num_shards)]
-    writers = [array_record_module.ArrayRecordWriter(p, "group_size:1") for p in paths]
+    writers = [_writer(p) for p in paths]
     try:
         for i, (meta, video) in enumerate(records):
             writers[i % num_shards].write(encode_record(meta, video))

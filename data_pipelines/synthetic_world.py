@@ -145,8 +145,8 @@ def generate_world(out: str, num_clips: int, num_eval_clips: int = 0, seed: int 
     stats = {"clips": counts["clips"], "frames": counts["frames"], "seconds": seconds}
     if build_tfds:
         # Imported here so that runs without --tfds never load TFDS.
-        from data_pipelines import tfds_synthetic  # pylint: disable=import-outside-toplevel
-        tfds_synthetic.build(out)
+        from data_pipelines import tfds_builder  # pylint: disable=import-outside-toplevel
+        tfds_builder.build(out)
         stats["tfds_seconds"] = time.perf_counter() - start - seconds
     return stats
 

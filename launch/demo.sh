@@ -36,7 +36,7 @@ python -m launch.train --config=launch/configs/vae_tiny.py --workdir="${VAE_DIR}
 
 stage "4/6 training clips -> VAE latents, once -> ${LATENTS}"
 if [[ ! -d "${LATENTS}/shards" ]]; then
-  python -m data_pipelines.precompute --vae_workdir="${VAE_DIR}" --data="${WORLD}" \
+  python -m data_pipelines.precompute --checkpoint="${VAE_DIR}" --shards="${WORLD}" \
     --num_frames=5 --height=64 --width=64 --frame_stride=0 --out="${LATENTS}"
 fi
 

@@ -6,23 +6,37 @@
 `--config=FILE[:ARG]` calls FILE's get_config(ARG); `--config.a.b=v` overrides one key and an
 unknown key fails naming it. Rerunning with the same --workdir resumes from its latest
 checkpoint; SIGTERM makes the run save a checkpoint and exit cleanly.
+
+Multi-host: run the same command on every host. On a TPU pod, Slurm or Open MPI the processes
+find each other (--distributed=auto; --distributed=on forces JAX's detection, e.g. on a TPU pod
+without TPU_WORKER_HOSTNAMES); elsewhere add --coordinator_address=HOST0:PORT
+--num_processes=N --process_id=I. The workdir must be shared (e.g. gs://); only process 0 logs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from data_pipelines import pipeline, shards
+from data_pipelines import bucketed, buckets, packing, pipeline, shards
+from vidgen.parallel import distributed
 from vidgen.train import loop
 from vidgen.train.tasks import Task
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard and eval outputs.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", distributed.MODES,
+                                 "Start jax.distributed: auto (flags below or a detected "
+                                 "cluster), on (always), off.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOST:PORT of "
+                                   "process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process, 0-based.")
 
 
 def _vae_task() -> Task:
@@ -65,8 +79,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                               mode=_DISTRIBUTED.value)
+    except ValueError as e:
+        sys.exit(f"FATAL Flags parsing error: {e}")
     logging.getLogger().setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)   # orbax/grain per-save chatter
+    distributed.quiet_other_processes()
     config = _CONFIG.value
     try:
         task = get_task(config.task)
@@ -76,10 +96,20 @@ def main(argv: list[str]) -> None:
         sys.exit(f"FATAL config error: {e}")
     d = config.data
     text_fn = task.example_fields(config) if task.example_fields is not None else None
-    if d.get("latents_path"):        # precomputed latents (python -m data_pipelines.precompute)
+    if d.get("latents_path") and d.get("packing"):   # latents of any shape, packed in rows
+        train_ds = packing.make_packed_latent_dataset(
+            shards.find_shards(d.latents_path, "train"), seq_len=d.packing.seq_len,
+            max_clips=d.packing.max_clips, patch=config.model.patch_size,
+            batch_size=d.batch_size, seed=config.seed, text_fn=text_fn)
+    elif d.get("latents_path"):      # precomputed latents (python -m data_pipelines.precompute)
         train_ds = pipeline.make_latent_dataset(
             shards.find_shards(d.latents_path, "train"), batch_size=d.batch_size,
             seed=config.seed, text_fn=text_fn)
+    elif d.get("buckets"):           # one bucket (clip shape) per global step
+        train_ds = bucketed.make_bucketed_clip_dataset(
+            shards.find_shards(d.path, "train"), table=buckets.BucketTable.from_config(d.buckets),
+            seed=config.seed, num_workers=d.num_workers, text_fn=text_fn,
+            manifest=os.path.join(d.path, "train.manifest.jsonl"))
     else:
         train_ds = pipeline.make_clip_dataset(
             shards.find_shards(d.path, "train"), num_frames=d.num_frames, height=d.height,

@@ -11,6 +11,7 @@ checkpoint by its training run); they are undone before decoding.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Sequence
 from functools import partial
 
@@ -26,20 +27,22 @@ from vidgen.models.text_encoder import TextEncoder, Tokenizer
 from vidgen.models.vae import CausalVAE
 
 
-@partial(jax.jit, static_argnums=(0, 5))
-def _sample_latents(graphdef, state, context, context_mask, noise,
-                    settings: samplers.SamplerConfig) -> jax.Array:
+@partial(jax.jit, static_argnums=0, static_argnames=("solver", "num_steps"))
+def sample_latents(graphdef: nnx.GraphDef, state: nnx.State, context: jax.Array,
+                   context_mask: jax.Array, noise: jax.Array, cfg_scale: jax.Array | float,
+                   shift: jax.Array | float, *, solver: str, num_steps: int) -> jax.Array:
     """Latents [B, t, h, w, C] from noise: the guided flow ODE integrated from t=1 to t=0.
-    context/context_mask hold the conditional half then the unconditional half ([2B, ...])."""
+    context/context_mask hold the conditional half then the unconditional half ([2B, ...]).
+    Only solver and num_steps shape the program: cfg_scale and shift are traced, so a sweep
+    over them reuses one compile."""
     def both_halves(x2, t):
         # Fresh Variables inside the solver loop's trace: nnx.scan rejects outer-trace ones.
         dit = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
         t2 = jnp.full((x2.shape[0],), t, jnp.float32)
         return dit(x2, t2, context, context_mask).astype(jnp.float32)
 
-    return samplers.sample(samplers.guided(both_halves, settings.cfg_scale), noise,
-                           solver=settings.solver, num_steps=settings.num_steps,
-                           shift=settings.shift)
+    return samplers.sample(samplers.guided(both_halves, cfg_scale), noise, solver=solver,
+                           num_steps=num_steps, shift=shift)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -66,7 +69,11 @@ class VideoGenerator:
     def from_checkpoint(cls, workdir: str, step: int | None = None
                         ) -> tuple[VideoGenerator, ml_collections.ConfigDict]:
         """The EMA DiT (and, if trained jointly, text encoder) of a dit run with its VAE and
-        tokenizer, and the run's config.data (the sizes it trained on)."""
+        tokenizer, and the run's config.data (the sizes it trained on). workdir may also be
+        an inference export of a dit run (launch/export.py --format=inference; no step)."""
+        if os.path.exists(os.path.join(workdir, "inference.json")):
+            from vidgen.interop import inference
+            return inference.load_generator(workdir)
         from vidgen.train.tasks import dit as dit_task   # the task wires checkpoints together
         return dit_task.load_generator(workdir, step)
 
@@ -94,7 +101,9 @@ class VideoGenerator:
                            for i in range(len(prompts))])
         context, mask = self.encode_prompts(prompts)
         graphdef, state = nnx.split(self.dit)
-        z = _sample_latents(graphdef, state, context, mask, noise, settings)
+        z = sample_latents(graphdef, state, context, mask, noise, settings.cfg_scale,
+                           settings.shift, solver=settings.solver,
+                           num_steps=settings.num_steps)
         z = z * jnp.asarray(self.latent_std, jnp.float32) + jnp.asarray(self.latent_mean,
                                                                           jnp.float32)
         vae_graphdef, vae_state = nnx.split(self.vae)

@@ -25,6 +25,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c = ConfigDict()
     c.task = "dit"
     c.seed = 0
+    c.init_from = ""          # a diffusers WanTransformer3DModel folder to start from
     c.total_steps = 3000
     c.log_every = 100
     c.eval_every = 1000

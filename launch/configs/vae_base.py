@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c = ConfigDict()
     c.task = "vae"
     c.seed = 0
+    c.init_from = ""          # a diffusers AutoencoderKLWan folder to start from
     c.total_steps = 300_000
     c.log_every = 100
     c.eval_every = 5_000

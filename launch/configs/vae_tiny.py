@@ -21,6 +21,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c = ConfigDict()
     c.task = "vae"
     c.seed = 0
+    c.init_from = ""          # a diffusers AutoencoderKLWan folder to start from
     c.total_steps = 2800
     c.log_every = 100
     c.eval_every = 1000
@@ -32,7 +33,8 @@ def get_config(arg: str | None = None) -> ConfigDict:
                              adaptive_disc_weight=True, init_logvar=-6.0))
     c.disc = ConfigDict(dict(channels=32, num_layers=3))     # used only when loss.disc > 0
     c.data = ConfigDict(dict(path="runs/demo/world", num_frames=5, height=64, width=64,
-                             batch_size=4, num_workers=0, num_eval_clips=16))
+                             batch_size=4, num_workers=0, num_eval_clips=16,
+                             frame_stride=1))
     c.optim = ConfigDict(dict(lr=2e-3, warmup_steps=100, end_lr_factor=0.1, b1=0.9, b2=0.99,
                               weight_decay=0.0, grad_clip=1.0))
     c.ema_decay = 0.99

@@ -97,24 +97,26 @@ def test_bad_state_dict_names_the_key(edit, key, message):
     assert key in str(info.value)
 
 
-def test_load_pretrained_from_files_skips_decoder(tmp_path):
+def test_load_pretrained_reads_loose_files_and_skips_decoder(tmp_path):
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     config, state = _numpy_state("umt5")
     state.pop("encoder.embed_tokens.weight")
     keys = sorted(state)
-    safetensors_numpy.save_file({k: state[k] for k in keys[:10]}, str(tmp_path / "a.safetensors"))
+    both, half = tmp_path / "both", tmp_path / "half"      # *.safetensors without an index
+    for folder in (both, half):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        safetensors_numpy.save_file({k: state[k] for k in keys[:10]}, str(folder / "a.safetensors"))
     safetensors_numpy.save_file({**{k: state[k] for k in keys[10:]},
                                  "decoder.final_layer_norm.weight": np.ones(32, np.float32)},
-                                str(tmp_path / "b.safetensors"))
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    ours = hf_t5.load_pretrained([tmp_path / "a.safetensors", tmp_path / "b.safetensors"],
-                                 param_dtype="bfloat16")
+                                str(both / "b.safetensors"))
+    ours = hf_t5.load_pretrained(both, param_dtype="bfloat16")
     assert ours.layers[1].q[...].dtype == np.dtype("bfloat16")
     np.testing.assert_allclose(
         np.asarray(ours.layers[1].wo[...], np.float32),
         state["encoder.block.1.layer.1.DenseReluDense.wo.weight"].T, rtol=1e-2)
     with pytest.raises(ValueError, match=r"missing key.*encoder\.block\.1\.layer\.0\.SelfAtt"):
-        hf_t5.load_pretrained(tmp_path / "a.safetensors")     # the other half is missing
+        hf_t5.load_pretrained(half)                     # the other half is missing
 
 
 @pytest.mark.parametrize("change, message", [

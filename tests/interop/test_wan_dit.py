@@ -4,7 +4,6 @@ both directions of the weight mapping, and the mapping's error reporting."""
 import dataclasses
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -138,6 +137,11 @@ def test_config_from_diffusers():
     assert wan_dit.config_from_diffusers(wan_1b3, dtype="bfloat16") == DiTConfig(dtype="bfloat16")
     with pytest.raises(ValueError, match="image_dim"):
         wan_dit.config_from_diffusers({**wan_1b3, "image_dim": 1280})
+    exported = wan_dit.config_to_diffusers(DiTConfig())
+    assert {k: exported[k] for k in wan_1b3} == wan_1b3
+    assert wan_dit.config_from_diffusers(exported) == DiTConfig()
+    with pytest.raises(ValueError, match="rope_theta"):
+        wan_dit.config_to_diffusers(DiTConfig(rope_theta=500.0))
 
 
 def test_load_pretrained_folder(tmp_path):

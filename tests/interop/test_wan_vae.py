@@ -112,6 +112,12 @@ def test_config_from_diffusers():
     assert cfg == VAEConfig(dtype="bfloat16")
     with pytest.raises(ValueError, match="is_residual"):
         wan_vae.config_from_diffusers({"base_dim": 160, "is_residual": True, "patch_size": 2})
+    patched = VAEConfig(base_channels=16, channel_mults=(1, 2, 4), patch_size=2,
+                        temporal_downsample=(True, True))
+    exported = wan_vae.config_to_diffusers(patched, latent_std=[2.0] * 16)
+    assert (exported["in_channels"], exported["patch_size"], exported["latents_std"][0],
+            exported["scale_factor_spatial"]) == (12, 2, 2.0, 8)
+    assert wan_vae.config_from_diffusers(exported) == patched
 
 
 def test_load_pretrained_folder(tmp_path):

@@ -1,6 +1,8 @@
 """The attention entry point (vidgen/models/attention.py) against a float64 NumPy softmax
 attention and against attending to each packed clip separately; the hand-written backward of the
-'blocked' implementation against autodiff of jax.nn.dot_product_attention."""
+'blocked' implementation against autodiff of jax.nn.dot_product_attention; the kernel choice per
+platform, splash's segment-id encoding of masks, and the splash TPU kernel itself run by Pallas'
+interpreter against the float64 reference."""
 
 import jax
 import jax.numpy as jnp
@@ -126,3 +128,51 @@ def test_rejects_bad_arguments():
         dot_product_attention(q, k, v, implementation="splash")
     with pytest.raises(ValueError, match="L, H, K"):
         dot_product_attention(q[0, 0], k[0, 0], v[0, 0])
+
+
+def test_kernel_choice_follows_the_platform():
+    f32, bf16 = jnp.float32, jnp.bfloat16
+    assert attention.choose(None, f32, "cpu") == "blocked"
+    assert attention.choose(None, bf16, "tpu") == "splash"
+    assert attention.choose(None, bf16, "gpu") == "cudnn"
+    assert attention.choose(None, f32, "gpu") == "xla"         # cuDNN's flash needs 16 bits
+    assert attention.choose("xla", bf16, "tpu") == "xla"
+    assert attention.platform() == jax.default_backend() == "cpu"
+    with pytest.raises(ValueError, match="'splash' is a TPU kernel; this program compiles "
+                                         "for 'cpu'"):
+        attention.choose("splash", f32, "cpu")
+
+
+def _splash_case():
+    """q [1, 10, 2, 8], k and v [1, 7, 2, 8], key padding and segment ids with a query (the
+    last) whose segment has no key."""
+    q, k, v = _qkv(7, 1, 10, 7)
+    keys = np.array([[[[True, True, False, True, True, True, False]]]])
+    q_seg = np.array([[0, 0, 0, 0, 1, 1, 1, 1, 1, 2]], np.int32)
+    kv_seg = np.array([[0, 0, 0, 1, 1, 1, 1]], np.int32)
+    return q, k, v, keys, q_seg, kv_seg
+
+
+def test_splash_segment_ids_encode_the_mask():
+    q, k, v, keys, q_seg, kv_seg = _splash_case()
+    q_ids, kv_ids = attention.splash_segment_ids(keys, q_seg, kv_seg, q.shape, 7)
+    want = attention.combined_mask(keys, q_seg, kv_seg)[:, 0]                  # [B, Lq, Lk]
+    np.testing.assert_array_equal(q_ids[:, :, None] == kv_ids[:, None, :], want)
+    q_ids, kv_ids = attention.splash_segment_ids(keys[0], None, None, q.shape[1:], 7)
+    np.testing.assert_array_equal(q_ids[:, None] == kv_ids[None, :],
+                                  np.broadcast_to(keys[0, 0], (10, 7)))       # padding only
+    with pytest.raises(ValueError, match=r"key-padding masks \[B, 1, 1, Lk\]; got a mask of "
+                                         r"shape \(1, 1, 10, 7\)"):
+        attention.splash_segment_ids(np.ones((1, 1, 10, 7), bool), None, None, q.shape, 7)
+
+
+def test_splash_kernel_matches_float64_reference():
+    """The TPU kernel run by Pallas' interpreter on the CPU: padding to its 128-blocks, the
+    1/sqrt(K) scale, segment ids, key padding and the zeroed keyless query."""
+    q, k, v, keys, q_seg, kv_seg = _splash_case()
+    ids = attention.splash_segment_ids(keys, q_seg, kv_seg, q.shape, 7)
+    out = np.asarray(attention.splash_attention(q, k, v, *ids, interpret=True))
+    full = keys & (q_seg[:, None, :, None] == kv_seg[:, None, None, :])
+    err = np.abs(out - _reference(q, k, v, full)).max()
+    print(f"splash (Pallas interpreter) vs float64 reference: max abs err {err:.2e}")
+    assert err <= 1e-5 and np.all(out[0, -1] == 0)

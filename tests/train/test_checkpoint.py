@@ -1,6 +1,7 @@
 """Checkpoints (vidgen/train/checkpoint.py): sharded state + grain iterator + JSON round trip,
 the save cadence, a process killed mid-save, and the SIGTERM guard."""
 
+import json
 import os
 import signal
 import subprocess
@@ -51,6 +52,31 @@ def test_round_trip_restores_arrays_shardings_iterator_and_meta(tmp_path):
     np.testing.assert_array_equal(np.asarray(state["w"]), np.asarray(sharded_state(7)["w"]))
     assert state["w"].sharding == abstract["w"].sharding
     assert meta == {"step": 7, "stats": [1.5, 2.5]}
+    np.testing.assert_array_equal(next(fresh), expected_next)
+
+
+def test_restore_on_a_different_process_count_takes_process_0s_iterator_state(tmp_path):
+    """A checkpoint written by 2 processes restores on 1: the iterator gets process 0's state
+    (process 1's, different on purpose, is ignored)."""
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), every_steps=1, keep=1)
+    it = data_iter()
+    next(it)
+    ckpt.save(1, sharded_state(1), it, {})
+    ckpt.close()
+    expected_next = next(it)
+    data_dir = tmp_path / "1" / "data"
+    os.rename(data_dir / "process_0-of-1.json", data_dir / "process_0-of-2.json")
+    other = data_iter()
+    for _ in range(5):
+        next(other)
+    (data_dir / "process_1-of-2.json").write_text(json.dumps(other.get_state()))
+
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path), every_steps=1, keep=1)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                            sharded_state(0))
+    fresh = data_iter()
+    ckpt.restore(1, abstract, fresh)
+    ckpt.close()
     np.testing.assert_array_equal(next(fresh), expected_next)
 
 

@@ -1,6 +1,8 @@
 """The dit task (vidgen/train/tasks/dit.py): loss wiring against an independent composition,
-caption dropout, 8 simulated devices against 1, exact kill/resume, and config errors."""
+caption dropout, 8 simulated devices against 1, exact kill/resume, config errors, and starting
+from a diffusers folder (config.init_from)."""
 
+import dataclasses
 import json
 
 import grain
@@ -12,9 +14,11 @@ from flax import nnx
 
 from data_pipelines import train_tokenizer
 from launch.configs import dit_tiny
+from vidgen.interop import wan_dit
+from vidgen.models.dit import DiT, DiTConfig
 from vidgen.models.text_encoder import Tokenizer
 from vidgen.parallel import mesh as mesh_lib
-from vidgen.train import loop, optim
+from vidgen.train import checkpoint, loop, optim
 from vidgen.train import state as state_lib
 from vidgen.train.tasks import dit as task
 
@@ -104,12 +108,18 @@ def _one_step(config, devices, tok):
     update = state_lib.make_train_step(plan, task.TASK, tx, optim.make_schedule(
         config.optim, config.total_steps), config, mesh)
     batch = mesh_lib.to_global(next(iter(_dataset(tok, 8))), mesh)
-    state, metrics = update(plan.init(), batch)
+    init = plan.init()
+    before = jax.tree.map(lambda p: np.asarray(p).copy(), init.params)
+    state, metrics = update(init, batch)
+    change = max(float(np.abs(np.asarray(a) - b).max())
+                 for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)))
+    assert change > 1e-4, "the step must move the parameters for the comparison to mean anything"
     return float(metrics["loss"]), state
 
 
 def test_fsdp8_step_matches_one_device(tokenizer_path):
-    config = _config(tokenizer_path, **{"mesh.data": 1, "mesh.fsdp": -1})
+    config = _config(tokenizer_path, **{"mesh.data": 1, "mesh.fsdp": -1,
+                                        "optim.warmup_steps": 0})   # a step at the peak lr
     tok = Tokenizer(tokenizer_path, config.text.max_length)
     loss8, state8 = _one_step(config, jax.devices(), tok)
     loss1, state1 = _one_step(config, jax.devices()[:1], tok)
@@ -150,3 +160,59 @@ def test_validate_config_names_the_key(tokenizer_path, tmp_path, key, value, mat
     config.update_from_flattened_dict({key: value})
     with pytest.raises(ValueError, match=match):
         task.validate_config(config)
+
+
+def _random_dit(config, seed: int = 1, **changes) -> DiT:
+    """A DiT of config.model (with changes) whose every parameter is random, unlike a fresh
+    init (whose output layer is zero)."""
+    cfg = DiTConfig.from_dict({**config.model.to_dict(), **changes})
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        var.set_value(jnp.asarray(0.1 * rng.normal(size=var.shape), var.dtype))
+    return model
+
+
+def _params_loss(model, batch, rng, step, config):
+    """A loss that is cheap to compile: the mean square of every parameter."""
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return sum(jnp.mean(p ** 2) for p in leaves) * jnp.mean(batch["x"]), {}
+
+
+def test_init_from_starts_the_dit_from_a_diffusers_folder(tokenizer_path, tmp_path):
+    # The dit task's model and init_from hook; a loss over the parameters alone keeps the compile
+    # small. ema_decay 1 keeps the EMA at the step-0 params, so the checkpoint shows what
+    # training began with; fsdp over 2 devices makes every imported array land in its shards.
+    config = _config(tokenizer_path, **{"total_steps": 1, "optim.warmup_steps": 0,
+                                        "ema_decay": 1.0, "mesh.data": 1, "mesh.fsdp": -1,
+                                        "text.trainable": False})
+    config.model.update(hidden_dim=16, num_layers=1, num_heads=2, mlp_dim=16, text_dim=8,
+                        freq_dim=8)
+    source = _random_dit(config)
+    wan_dit.save_pretrained(source, tmp_path / "wan", max_shard_bytes=5_000)   # with an index
+    config.init_from = str(tmp_path / "wan")
+    loop.validate_config(config)
+    dit_task = dataclasses.replace(task.TASK, loss_fn=_params_loss, prepare_batch=None)
+    batches = grain.MapDataset.range(4).map(lambda i: {"x": np.ones(2, np.float32)}).batch(2)
+    loop.train(dit_task, config, str(tmp_path / "run"), iter(batches.to_iter_dataset()),
+               devices=jax.devices()[:2])
+    started, _, _ = checkpoint.load_trained_model(str(tmp_path / "run" / "checkpoints"),
+                                                  task.build_model)
+    got = dict(nnx.to_flat_state(nnx.state(started.dit, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(source, nnx.Param)):
+        np.testing.assert_array_equal(np.asarray(got[path].get_value()),
+                                      np.asarray(var.get_value()), err_msg=str(path))
+
+
+def test_init_from_a_mismatched_or_missing_folder_names_the_key(tokenizer_path, tmp_path):
+    config = _config(tokenizer_path)
+    wan_dit.save_pretrained(_random_dit(config, mlp_dim=32), tmp_path / "wan")
+    config.init_from = str(tmp_path / "wan")
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(lambda: task.build_model(config, nnx.Rngs(0)))
+    with pytest.raises(ValueError, match=r"mlp_dim=32, but config\.model\.mlp_dim=64"):
+        task.TASK.init_from(config, model)
+    config.init_from = str(tmp_path / "absent")
+    with pytest.raises(ValueError, match=r"config\.init_from=.*absent"):
+        loop.validate_config(config)

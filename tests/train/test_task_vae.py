@@ -1,4 +1,5 @@
-"""The VAE task: loss terms vs references, GAN gradient wiring, evaluate/finalize, config checks."""
+"""The VAE task: loss terms vs references, GAN gradient wiring, evaluate/finalize, config checks,
+starting from a diffusers AutoencoderKLWan folder (config.init_from)."""
 
 import os
 
@@ -10,8 +11,9 @@ from flax import nnx
 
 from launch.configs import vae_tiny
 from vidgen.evaluation import metrics
+from vidgen.interop import wan_vae
 from vidgen.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
-from vidgen.models.vae import CausalVAE
+from vidgen.models.vae import CausalVAE, VAEConfig
 from vidgen.train.tasks import vae as task
 
 SHAPE = (2, 5, 16, 16, 3)
@@ -174,3 +176,33 @@ def test_validate_config_names_the_key(key, value, match):
     c[section][field] = value
     with pytest.raises(ValueError, match=match):
         task.validate_config(c)
+
+
+def _filled(build, value):
+    """The module build() makes, without an init compile: every parameter set by value(shape)."""
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(build)
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        var.set_value(jnp.asarray(value(var.shape), var.dtype))
+    return model
+
+
+def test_init_from_loads_a_diffusers_vae_and_keeps_the_discriminator(tmp_path):
+    config = _config(disc=0.5)
+    rng, sources = np.random.default_rng(0), {}
+    for name, z in (("wan", 4), ("wider", 8)):            # "wider": a mismatched folder
+        vae_config = VAEConfig.from_dict({**config.model.to_dict(), "z_channels": z})
+        sources[name] = _filled(lambda: CausalVAE(vae_config, rngs=nnx.Rngs(0)),
+                                lambda shape: rng.normal(size=shape))
+        wan_vae.save_pretrained(sources[name], tmp_path / name)
+    config.init_from = str(tmp_path / "wan")
+    model = _filled(lambda: task.build_model(config, nnx.Rngs(0)), np.zeros)
+    task.init_from(config, model)
+    got = dict(nnx.to_flat_state(nnx.state(model.vae, nnx.Param)))
+    for path, var in nnx.to_flat_state(nnx.state(sources["wan"], nnx.Param)):
+        np.testing.assert_array_equal(np.asarray(got[path].get_value()),
+                                      np.asarray(var.get_value()), err_msg=str(path))
+    assert _sq_norm(nnx.state(model.disc, nnx.Param)) == 0.0
+    config.init_from = str(tmp_path / "wider")
+    with pytest.raises(ValueError, match=r"z_channels=8, but config\.model\.z_channels=4"):
+        task.init_from(config, model)

@@ -26,14 +26,15 @@ The samplers warp their time grid with the same `shift_time`, so training and sa
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from vidgen.config_dataclass import FromDict
+
 
 @dataclasses.dataclass(frozen=True)
-class FlowConfig:
+class FlowConfig(FromDict):
     """How training draws flow times and drops captions (see the module docstring for the shift)."""
     logit_normal_mean: float = 0.0    # t = sigmoid(mean + std * N(0, 1)) before the shift
     logit_normal_std: float = 1.0
@@ -56,14 +57,6 @@ class FlowConfig:
         if not 0.0 <= self.text_dropout <= 1.0:
             raise ValueError(f"FlowConfig.text_dropout={self.text_dropout}: must be in [0, 1]")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FlowConfig:
-        """Builds a config from a plain dict (e.g. config.flow.to_dict()); unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown FlowConfig key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def _per_example(t: jax.Array, like: jax.Array) -> jax.Array:

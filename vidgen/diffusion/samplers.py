@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vidgen.config_dataclass import FromDict
 from vidgen.diffusion import flow
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -99,7 +100,7 @@ def _check(solver: str, num_steps: int) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(FromDict):
     """How to sample: the solver, its number of steps, the time shift and the CFG scale."""
     solver: str = "euler"
     num_steps: int = 20
@@ -111,14 +112,6 @@ class SamplerConfig:
         if not self.shift > 0:
             raise ValueError(f"SamplerConfig.shift={self.shift}: must be > 0")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SamplerConfig:
-        """Builds a config from a plain dict (e.g. config.sample.to_dict()); unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown SamplerConfig key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def sample(v_fn: VelocityFn, noise: jax.Array, *, solver: str = "euler", num_steps: int = 20,

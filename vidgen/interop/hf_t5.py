@@ -13,25 +13,27 @@ Our names mirror transformers' modules, so one parameter maps to one state-dict 
   layers.{i}.{wi_0,wi_1,wo}     <- encoder.block.{i}.layer.1.DenseReluDense.{...}.weight  (.T)
   final_norm.scale              <- encoder.final_layer_norm.weight
 Every key is checked: a missing, unexpected, non-float or wrongly shaped entry raises a ValueError
-naming it. Weights are read one tensor at a time from safetensors (never pickle).
+naming it. load_pretrained reads a folder one tensor at a time (safetensors_io.py; never pickle).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.interop import safetensors_io
 from vidgen.interop.tensors import to_numpy
 from vidgen.models.text_encoder import TextEncoder, TextEncoderConfig
 
 EMBED_KEY, EMBED_ALIAS = "shared.weight", "encoder.embed_tokens.weight"
+TRANSFORMERS_WEIGHTS = "model"                  # model.safetensors[.index.json]
+_NOT_ENCODER = ("decoder.", "lm_head.")         # the rest of a full encoder-decoder checkpoint
 _LAYER_KEYS = {
     "attn_norm": "layer.0.layer_norm.weight",
     "q": "layer.0.SelfAttention.q.weight", "k": "layer.0.SelfAttention.k.weight",
@@ -80,11 +82,12 @@ def load_state_dict(model: TextEncoder, tensors: Mapping[str, Any]) -> None:
     """Copies a T5/UMT5 encoder state dict (numpy arrays or torch tensors) into model's
     parameters in place, cast to their dtype; the model may be abstract (nnx.eval_shape). The
     embedding comes from shared.weight, else its tied copy encoder.embed_tokens.weight (a copy
-    beside shared.weight is not read). Raises a ValueError naming any missing, unexpected,
-    non-float or wrongly shaped key."""
+    beside shared.weight is not read); decoder.* and lm_head.* entries (T5ForConditionalGeneration
+    checkpoints) are ignored. Raises a ValueError naming any missing, unexpected, non-float or
+    wrongly shaped key."""
     params = nnx.state(model, nnx.Param)
     wanted = {hf_key(path): (path, var) for path, var in nnx.to_flat_state(params)}
-    present = set(tensors)
+    present = {key for key in tensors if not key.startswith(_NOT_ENCODER)}
     source = {key: key for key in wanted}
     if EMBED_KEY not in present and EMBED_ALIAS in present:
         source[EMBED_KEY] = EMBED_ALIAS
@@ -116,54 +119,15 @@ def config_from_hf(config: Mapping[str, Any], **overrides: Any) -> TextEncoderCo
     return TextEncoderConfig.from_dict({**fields, **overrides})
 
 
-class _Shards(Mapping):
-    """The encoder tensors of safetensors files as a read-only mapping that reads one tensor per
-    lookup (decoder and lm_head entries of full encoder-decoder checkpoints are skipped)."""
-
-    def __init__(self, files: Sequence[str], stack: contextlib.ExitStack):
-        from safetensors import safe_open           # optional dependency, only needed here
-        self._handles: dict[str, Any] = {}
-        for name in files:
-            handle = stack.enter_context(safe_open(name, framework="np"))
-            for key in handle.keys():
-                if key.startswith(("decoder.", "lm_head.")):
-                    continue
-                if key in self._handles:
-                    raise ValueError(f"{key}: found in more than one file ({name})")
-                self._handles[key] = handle
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        return self._handles[key].get_tensor(key)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._handles)
-
-    def __len__(self) -> int:
-        return len(self._handles)
-
-
-def _weight_files(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """The safetensors files a folder, a file or a list of files stands for."""
-    if isinstance(path, (str, os.PathLike)) and os.path.isdir(path):
-        names = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-        if not names:
-            raise FileNotFoundError(f"{path}: no .safetensors weights")
-        return [os.path.join(path, name) for name in names]
-    return [os.fspath(path)] if isinstance(path, (str, os.PathLike)) else list(map(os.fspath, path))
-
-
-def load_pretrained(path: str | os.PathLike | Sequence[str | os.PathLike],
-                    config_path: str | os.PathLike | None = None, **overrides: Any) -> TextEncoder:
-    """Our TextEncoder from a transformers T5/UMT5 encoder: a folder (config.json + safetensors
-    shards), one .safetensors file or a list of shard files; config_path defaults to the
-    config.json beside the (first) weights. overrides set our own config fields (dtype, ...)."""
-    files = _weight_files(path)
-    if config_path is None:
-        config_path = os.path.join(os.path.dirname(files[0]), "config.json")
-    with open(config_path, encoding="utf-8") as f:
+def load_pretrained(path: str | os.PathLike, **overrides: Any) -> TextEncoder:
+    """Our TextEncoder from a transformers T5/UMT5 folder (config.json + model.safetensors, or
+    shards listed by model.safetensors.index.json, or any *.safetensors files), read one tensor
+    at a time; decoder weights of a full encoder-decoder checkpoint are skipped. overrides set
+    our own config fields (dtype, param_dtype)."""
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = config_from_hf(json.load(f), **overrides)
     with nnx.use_eager_sharding(False):                 # abstract: no random init, no mesh needed
         model = nnx.eval_shape(lambda: TextEncoder(config, rngs=nnx.Rngs(0)))
-    with contextlib.ExitStack() as stack:
-        load_state_dict(model, _Shards(files, stack))
+    with safetensors_io.open_weights(path, TRANSFORMERS_WEIGHTS) as tensors:
+        load_state_dict(model, tensors)
     return model

@@ -8,11 +8,11 @@ is the `blocks.{i}.*` entries of every layer. Layouts:
   biases and norm weights: flat -> our [H, K] or [D]; scale_shift_table [1, n, D] -> [n, D].
 Every key is checked: a missing, unexpected, non-float or wrongly shaped entry raises ValueError
 naming it. Weights are plain arrays (numpy, or torch tensors); nothing is unpickled.
+save_pretrained / load_pretrained write and read whole diffusers folders (safetensors_io.py).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterator, Mapping
@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.interop import safetensors_io
 from vidgen.interop.tensors import to_numpy
 from vidgen.models.dit import DiT, DiTConfig
 
@@ -38,6 +39,8 @@ _CONFIG_KEYS = {"patch_size": "patch_size", "num_attention_heads": "num_heads",
                 "num_layers": "num_layers", "cross_attn_norm": "cross_attn_norm", "eps": "eps",
                 "rope_max_seq_len": "rope_max_seq_len"}
 _UNSUPPORTED = ("image_dim", "added_kv_proj_dim", "pos_embed_seq_len")   # Wan I2V / FLF2V parts
+_FIXED_IN_DIFFUSERS = {"qk_norm": True, "rope_theta": 10000.0, "timestep_scale": 1000.0}
+CLASS_NAME = "WanTransformer3DModel"
 
 
 def _entries(model: DiT) -> Iterator[tuple[tuple[Any, ...], nnx.Variable, list[str]]]:
@@ -110,14 +113,19 @@ def _to_torch(array: np.ndarray, path: tuple[Any, ...], cfg: DiTConfig) -> np.nd
     return np.array(array.reshape(shape), dtype=np.float32, order="C")
 
 
-def export_state_dict(model: DiT) -> dict[str, np.ndarray]:
-    """Our parameters as a diffusers WanTransformer3DModel state dict of float32 numpy arrays."""
-    out = {}
+def iter_state_dict(model: DiT) -> Iterator[tuple[str, np.ndarray]]:
+    """Our parameters as (diffusers WanTransformer3DModel key, float32 numpy array) pairs, made
+    one parameter at a time (a stacked block parameter yields one pair per layer)."""
     for path, var, keys in _entries(model):
         value = np.asarray(var.get_value(), np.float32)
         layers = list(value) if path[0] == "blocks" else [value]
-        out.update({key: _to_torch(a, path, model.config) for key, a in zip(keys, layers)})
-    return out
+        for key, array in zip(keys, layers):
+            yield key, _to_torch(array, path, model.config)
+
+
+def export_state_dict(model: DiT) -> dict[str, np.ndarray]:
+    """Our parameters as a diffusers WanTransformer3DModel state dict of float32 numpy arrays."""
+    return dict(iter_state_dict(model))
 
 
 def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> DiTConfig:
@@ -136,18 +144,35 @@ def config_from_diffusers(config: Mapping[str, Any], **overrides: Any) -> DiTCon
     return DiTConfig.from_dict({**fields, "qk_norm": True, **overrides})
 
 
+def config_to_diffusers(cfg: DiTConfig) -> dict[str, Any]:
+    """The WanTransformer3DModel config.json dict of our DiT config; raises naming a field whose
+    value diffusers' model cannot express."""
+    for name, value in _FIXED_IN_DIFFUSERS.items():
+        if getattr(cfg, name) != value:
+            raise ValueError(f"DiTConfig.{name}={getattr(cfg, name)!r}: diffusers' "
+                             f"WanTransformer3DModel only has {value!r}")
+    config = {theirs: getattr(cfg, ours) for theirs, ours in _CONFIG_KEYS.items()}
+    config.update(patch_size=list(cfg.patch_size), attention_head_dim=cfg.head_dim,
+                  qk_norm="rms_norm_across_heads", **dict.fromkeys(_UNSUPPORTED))
+    return {"_class_name": CLASS_NAME, "_diffusers_version": safetensors_io.DIFFUSERS_VERSION,
+            **config}
+
+
+def save_pretrained(model: DiT, path: str | os.PathLike, *, max_shard_bytes: int = 5 * 2**30,
+                    dtype: Any = None) -> list[str]:
+    """Writes model as a diffusers WanTransformer3DModel folder (config.json + safetensors in
+    float32 or dtype, sharded with an index above max_shard_bytes) for its from_pretrained."""
+    safetensors_io.write_config(path, config_to_diffusers(model.config))
+    return safetensors_io.write_weights(path, iter_state_dict(model),
+                                        max_shard_bytes=max_shard_bytes, dtype=dtype)
+
+
 def load_pretrained(path: str | os.PathLike, **overrides: Any) -> DiT:
-    """Our DiT from a diffusers WanTransformer3DModel folder (config.json + safetensors)."""
-    from safetensors.numpy import load_file        # optional dependency, only needed here
-    with open(os.path.join(path, "config.json")) as f:
-        config = config_from_diffusers(json.load(f), **overrides)
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{path}: no .safetensors weights")
-    state_dict: dict[str, np.ndarray] = {}
-    for name in files:
-        state_dict.update(load_file(os.path.join(path, name)))
+    """Our DiT from a diffusers WanTransformer3DModel folder (config.json + safetensors, sharded
+    with an index or not), read one tensor at a time into an unallocated model."""
+    config = config_from_diffusers(safetensors_io.read_config(path, CLASS_NAME), **overrides)
     with nnx.use_eager_sharding(False):
         model = nnx.eval_shape(lambda: DiT(config, rngs=nnx.Rngs(0)))   # no random init
-    load_state_dict(model, state_dict)
+    with safetensors_io.open_weights(path) as tensors:
+        load_state_dict(model, tensors)
     return model

@@ -2,7 +2,11 @@
 [L, H, K]) -> [B, Lq, H, K] (or [Lq, H, K]).
 
 `dot_product_attention` combines a boolean mask with segment ids (packed sequences: a token only
-attends to tokens of its own segment) and dispatches to
+attends to tokens of its own segment). When the current mesh (vidgen/parallel/mesh.py) splits
+anything, it runs the kernel on each device's slice under shard_map (vidgen/parallel/context.py:
+batch, heads and, with sequence parallelism, Ulysses all-to-alls); the kernel is, by the
+platform of the mesh's devices (so an ahead-of-time compile for a TPU picks splash on a CPU host)
+and the dtype:
 - 'blocked' (the default on CPU): softmax attention written out as einsums over blocks of
   QUERY_BLOCK queries (heads-major scores [H, block, Lk] in float32, which stay in cache), with
   a hand-written backward that recomputes each block's probabilities from the saved
@@ -12,18 +16,25 @@ attends to tokens of its own segment) and dispatches to
   `jax.nn.dot_product_attention`'s XLA path with autodiff (PyTorch's fused CPU flash attention:
   ~98 ms);
 - 'xla' / 'cudnn': `jax.nn.dot_product_attention` (cuDNN flash attention is the default on GPU
-  for bfloat16/float16 inputs, XLA elsewhere).
-Rows with nothing to attend to (a fully masked query) return zeros, never NaN. Splash (Pallas)
-attention on TPU and sequence-parallel attention come with the scale-out issue; they plug in
-here, so models never call an attention kernel directly.
+  for bfloat16/float16 inputs, XLA elsewhere);
+- 'splash' (the default on TPU): Pallas splash attention
+  (jax.experimental.pallas.ops.tpu.splash_attention), fed segment ids: the mask must be a
+  key-padding mask ([B, 1, 1, Lk]), which becomes a key segment no query has
+  (`splash_segment_ids`); lengths are padded to its blocks.
+Rows with nothing to attend to (a fully masked query) return zeros, never NaN.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = (None, "blocked", "xla", "cudnn")
+from vidgen.parallel import context
+from vidgen.parallel import mesh as mesh_lib
+
+IMPLEMENTATIONS = (None, "blocked", "xla", "cudnn", "splash")
 
 
 def combined_mask(mask: jax.Array | None, q_segment_ids: jax.Array | None,
@@ -44,19 +55,32 @@ def combined_mask(mask: jax.Array | None, q_segment_ids: jax.Array | None,
     return mask
 
 
-def _choose(implementation: str | None, dtype: jnp.dtype) -> str:
-    """'cudnn' on a GPU for half-precision inputs (cuDNN's flash kernels need them), 'blocked'
-    on CPU, else 'xla'."""
+def platform() -> str:
+    """The platform attention compiles for: that of the current mesh's devices (a TPU topology
+    when compiling ahead of time on a CPU host), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else mesh.abstract_device
+    return jax.default_backend() if device is None else device.platform
+
+
+def choose(implementation: str | None, dtype: jnp.dtype, on: str) -> str:
+    """The kernel for platform `on`: splash on TPU, cuDNN on a GPU for half-precision inputs
+    (cuDNN's flash kernels need them), 'blocked' on CPU, else XLA; or `implementation` when it
+    is given (splash only on TPU)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}: expected one of "
                          f"{IMPLEMENTATIONS}")
+    if implementation == "splash" and on != "tpu":
+        raise ValueError(f"attention implementation 'splash' is a TPU kernel; this program "
+                         f"compiles for {on!r}")
     if implementation is not None:
         return implementation
-    backend = jax.default_backend()
-    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-    if backend == "cpu":
+    if on == "tpu":
+        return "splash"
+    if on == "cpu":
         return "blocked"
-    return "cudnn" if half and backend == "gpu" else "xla"
+    half = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    return "cudnn" if half and on == "gpu" else "xla"
 
 
 QUERY_BLOCK = 256     # queries per block of the 'blocked' implementation (fastest of 64-512 here)
@@ -148,6 +172,86 @@ def _jax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | N
     return jnp.where(alive, out, jnp.zeros((), out.dtype))
 
 
+SPLASH_BLOCK = 512        # splash's query / key block (a multiple of 128), smaller for short L
+NO_SEGMENT = int(jnp.iinfo(jnp.int32).min)   # key segment id of masked keys: no query has it
+
+
+def splash_segment_ids(mask: jax.Array | None, q_segment_ids: jax.Array | None,
+                       kv_segment_ids: jax.Array | None, q_shape: tuple[int, ...],
+                       lk: int) -> tuple[jax.Array, jax.Array]:
+    """Segment ids (q [..., Lq], kv [..., Lk], int32, batch dims of q_shape [..., Lq, H, K])
+    under which query i may attend key j exactly where `combined_mask` allows it: the mask
+    may only pad keys ([B|1, 1, 1, Lk], or lower rank); masked keys get the id NO_SEGMENT."""
+    lead, lq = tuple(q_shape[:-3]), q_shape[-3]
+    q_ids = jnp.zeros((lq,), jnp.int32) if q_segment_ids is None else q_segment_ids
+    kv_ids = jnp.zeros((lk,), jnp.int32) if kv_segment_ids is None else kv_segment_ids
+    if mask is not None:
+        mask = jnp.asarray(mask, bool)
+        mask = mask.reshape((1,) * (len(q_shape) - mask.ndim) + mask.shape)
+        if mask.shape[-3:-1] != (1, 1):
+            raise ValueError(f"splash attention takes segment ids and key-padding masks "
+                             f"[B, 1, 1, Lk]; got a mask of shape {mask.shape} (per query or "
+                             "head): pass segment ids instead")
+        kv_ids = jnp.where(mask[..., 0, 0, :], kv_ids, NO_SEGMENT)
+    return (jnp.broadcast_to(q_ids, lead + (lq,)).astype(jnp.int32),
+            jnp.broadcast_to(kv_ids, lead + (lk,)).astype(jnp.int32))
+
+
+def _has_key(q_ids: jax.Array, kv_ids: jax.Array) -> jax.Array:
+    """bool [Lq]: whether some key shares query i's segment id (sorted search, O(L log L))."""
+    keys = jnp.sort(kv_ids)
+    found = keys[jnp.clip(jnp.searchsorted(keys, q_ids), 0, keys.shape[0] - 1)]
+    return found == q_ids
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_ids: jax.Array,
+                     kv_ids: jax.Array, *, interpret: bool = False) -> jax.Array:
+    """Pallas splash attention of q [(B,) Lq, H, K], k and v [(B,) Lk, H, K] under segment ids
+    [(B,) Lq] and [(B,) Lk] (see splash_segment_ids); lengths are padded to the kernel's blocks
+    (the padding is a segment of its own) and queries without a key get zeros. `interpret` runs
+    the kernel in Pallas' interpreter (any platform; for tests)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+    if q.ndim == 4:
+        return jax.vmap(functools.partial(splash_attention, interpret=interpret))(
+            q, k, v, q_ids, kv_ids)
+    (lq, h, kd), lk = q.shape, k.shape[0]
+    bq, bk = (min(SPLASH_BLOCK, -(-n // 128) * 128) for n in (lq, lk))
+    pq, pk = (-lq) % bq, (-lk) % bk
+    blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
+                               block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
+                               block_kv_dq=bk)
+    mask = splash.MultiHeadMask([splash.FullMask((lq + pq, lk + pk))] * h)
+    kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                    interpret=interpret)
+
+    def heads_major(x: jax.Array, pad: int) -> jax.Array:                    # [H, L, K]
+        return jnp.pad(x, ((0, pad), (0, 0), (0, 0))).transpose(1, 0, 2)
+
+    ids = splash.SegmentIds(jnp.pad(q_ids, (0, pq), constant_values=NO_SEGMENT + 1),
+                            jnp.pad(kv_ids, (0, pk), constant_values=NO_SEGMENT))
+    out = kernel(heads_major(q * jnp.asarray(kd ** -0.5, q.dtype), pq), heads_major(k, pk),
+                 heads_major(v, pk), segment_ids=ids).transpose(1, 0, 2)[:lq]
+    return jnp.where(_has_key(q_ids, kv_ids)[:, None, None], out, jnp.zeros((), out.dtype))
+
+
+def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                    q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, *,
+                    implementation: str) -> jax.Array:
+    """Attention of arrays on one device with the kernel `implementation` (see the module
+    docstring); what each device runs under the sharded path."""
+    if implementation == "splash":
+        ids = splash_segment_ids(mask, q_segment_ids, kv_segment_ids, q.shape, k.shape[-3])
+        return splash_attention(q, k, v, *ids)
+    full = combined_mask(mask, q_segment_ids, kv_segment_ids, batched=q.ndim == 4)
+    if implementation != "blocked":
+        return _jax_attention(q, k, v, full, implementation)
+    if q.ndim == 3:
+        return _blocked_attention(q, k, v, full)
+    if full is not None and full.shape[0] == 1:                 # one mask for the whole batch
+        return jax.vmap(_blocked_attention, in_axes=(0, 0, 0, None))(q, k, v, full[0])
+    return jax.vmap(_blocked_attention)(q, k, v, full)
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: jax.Array | None = None,
                           q_segment_ids: jax.Array | None = None,
@@ -159,16 +263,16 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     mask: bool, broadcastable to [B, H, Lq, Lk] ([H, Lq, Lk] unbatched), True where a query may
     attend to a key. q_segment_ids [B, Lq], kv_segment_ids [B, Lk] ([Lq], [Lk] unbatched): ints;
     attention only within equal ids. implementation: None (pick for the platform and dtype),
-    'blocked', 'xla' or 'cudnn'. A query row whose mask is all False gets zeros.
+    'blocked', 'xla', 'cudnn' or 'splash'. A query row whose mask is all False gets zeros.
+    Under a mesh that splits anything, each device attends its own slice
+    (vidgen/parallel/context.py).
     """
     if q.ndim not in (3, 4):
         raise ValueError(f"attention takes q [B, L, H, K] or [L, H, K], got shape {q.shape}")
-    full = combined_mask(mask, q_segment_ids, kv_segment_ids, batched=q.ndim == 4)
-    chosen = _choose(implementation, q.dtype)
-    if chosen != "blocked":
-        return _jax_attention(q, k, v, full, chosen)
-    if q.ndim == 3:
-        return _blocked_attention(q, k, v, full)
-    if full is not None and full.shape[0] == 1:                 # one mask for the whole batch
-        return jax.vmap(_blocked_attention, in_axes=(0, 0, 0, None))(q, k, v, full[0])
-    return jax.vmap(_blocked_attention)(q, k, v, full)
+    if (q_segment_ids is None) != (kv_segment_ids is None):
+        raise ValueError("q_segment_ids and kv_segment_ids must be given together")
+    kernel = functools.partial(local_attention,
+                               implementation=choose(implementation, q.dtype, platform()))
+    if mesh_lib.splits_anything():
+        return context.sharded_attention(kernel, q, k, v, mask, q_segment_ids, kv_segment_ids)
+    return kernel(q, k, v, mask, q_segment_ids, kv_segment_ids)

@@ -11,9 +11,12 @@ block are one shared projection of the timestep embedding (time_proj, 6 x D) plu
 learned scale_shift_table, as in Wan. Attribute names mirror diffusers' so
 vidgen/interop/wan_dit.py maps weights by name; norms and modulation run in float32 as there.
 Blocks are stacked (leading layer axis, logical name None) and run with nnx.scan (or a Python
-loop; on CPU both run a train step equally fast), rematerialised by the config's policy. Blocks
-and the output head are written for one sample and vmapped over the batch (see `_per_sample`);
-attention masks are built once for all blocks. Construct under
+loop, scan_layers=False: ~13% faster per train step on a 2-core CPU, slower to compile for deep
+models), rematerialised by the config's policy (incl.
+'offload': matmul outputs saved to host memory, TPU/GPU only). Blocks and the output head are
+written for one sample and vmapped over the batch, the vmap naming the batch's mesh axes (see
+`_per_sample`), so activation shardings (vidgen/models/dit_layers.py) keep the batch split; the
+tokens [B, L, D] are pinned to ('act_batch', 'act_len', 'act_embed'). Construct under
 `nnx.use_eager_sharding(False)` (as vidgen/train/state.py does) unless a mesh is set: parameters
 carry logical axis names.
 
@@ -34,20 +37,35 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.config_dataclass import FromDict, check_dtypes
 from vidgen.models import rope
-from vidgen.models.attention import IMPLEMENTATIONS, combined_mask
+from vidgen.models.attention import IMPLEMENTATIONS, platform
 from vidgen.models.dit_layers import Block, dense, layer_norm
+from vidgen.parallel import mesh as mesh_lib
 
 REMAT_POLICIES = {
     "none": None,                                               # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,           # keep only each block's input
     "dots": jax.checkpoint_policies.checkpoint_dots,            # keep every matmul output
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # matmul outputs without batch dims moved to host memory and back, not recomputed
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
+OFFLOAD_PLATFORMS = ("tpu", "gpu")     # platforms with a pinned host memory space to offload to
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of REMAT_POLICIES[name]; 'offload' only where the platform
+    (vidgen.models.attention.platform) can offload to host memory."""
+    if name == "offload" and platform() not in OFFLOAD_PLATFORMS:
+        raise ValueError(f"DiTConfig.remat_policy='offload' moves activations to pinned host "
+                         f"memory, which {platform()!r} devices do not have (only "
+                         f"{OFFLOAD_PLATFORMS}); use 'dots_no_batch' or 'full' here")
+    return REMAT_POLICIES[name]
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(FromDict):
     """Architecture of the DiT; defaults are Wan 2.1 T2V 1.3B's."""
     in_channels: int = 16
     out_channels: int = 16
@@ -66,7 +84,7 @@ class DiTConfig:
     timestep_scale: float = 1000.0       # flow time t in [0, 1] -> Wan's timestep t * 1000
     remat_policy: str = "none"           # a key of REMAT_POLICIES
     scan_layers: bool = True
-    attention_impl: str | None = None    # None (by platform), 'blocked', 'xla' or 'cudnn'
+    attention_impl: str | None = None    # None (by platform), 'blocked', 'xla', 'cudnn', 'splash'
     dtype: str = "float32"               # compute dtype
     param_dtype: str = "float32"
 
@@ -87,20 +105,8 @@ class DiTConfig:
         if self.attention_impl not in IMPLEMENTATIONS:
             raise ValueError(f"DiTConfig.attention_impl={self.attention_impl!r}: expected one "
                              f"of {IMPLEMENTATIONS}")
-        for name in ("dtype", "param_dtype"):
-            try:
-                jnp.dtype(getattr(self, name))
-            except TypeError as e:
-                raise ValueError(f"DiTConfig.{name}={getattr(self, name)!r}: not a dtype") from e
+        check_dtypes(self, "dtype", "param_dtype")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DiTConfig:
-        """Builds a config from a plain dict (e.g. config.model.to_dict()); unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DiTConfig key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
     @property
     def head_dim(self) -> int:
@@ -176,8 +182,9 @@ class DiT(nnx.Module):
                  positions: jax.Array | None = None,
                  context_segment_ids: jax.Array | None = None) -> jax.Array:
         """Velocity for latents x [B, T, H, W, C] (or packed tokens [B, L, pt*ph*pw*C] with
-        positions) at flow time t [B] in [0, 1], text context [B, Lc, text_dim] with
-        context_mask [B, Lc] bool (True = real token; None = attend to all, Wan's behaviour)."""
+        positions) at flow time t [B] in [0, 1] (packed: or t [B, S], segment j + 1 at time
+        t[:, j]), text context [B, Lc, text_dim] with context_mask [B, Lc] bool (True = real
+        token; None = attend to all, Wan's behaviour)."""
         cfg = self.config
         if x.ndim == 3:
             if positions is None:
@@ -190,20 +197,26 @@ class DiT(nnx.Module):
         freqs = rope.frequencies(positions, cfg.head_dim, theta=cfg.rope_theta,
                                  max_len=cfg.rope_max_seq_len)                 # [B, L, 1, K/2]
         h = self.patch_embedding(tokens)                                        # [B, L, D]
-        temb = self.time_embedder_2(jax.nn.silu(self.time_embedder_1(
-            timestep_features(t * cfg.timestep_scale, cfg.freq_dim))))          # [B, D] f32
-        temb6 = self.time_proj(jax.nn.silu(temb)).astype(jnp.float32)          # [B, 6D]
-        temb6 = temb6.reshape(temb6.shape[0], 6, cfg.hidden_dim)
+        h = mesh_lib.constrain(h, ("act_batch", "act_len", "act_embed"))
+        temb = self.time_embedder_2(jax.nn.silu(self.time_embedder_1(timestep_features(
+            t.reshape(-1) * cfg.timestep_scale, cfg.freq_dim))))   # [B (x S), D] f32
+        temb6 = self.time_proj(jax.nn.silu(temb)).astype(jnp.float32)          # [B (x S), 6D]
+        temb, temb6 = temb.reshape(t.shape + (-1,)), temb6.reshape(t.shape + (6, -1))
+        time_index = _time_index(t, segment_ids)      # None, or each token's segment [B, L]
         ctx = self.text_embedder_2(jax.nn.gelu(self.text_embedder_1(context), approximate=True))
+        ctx = mesh_lib.constrain(ctx, ("act_batch", None, "act_embed"))        # [B, Lc, D]
         masks = _masks(context_mask, segment_ids, context_segment_ids)
-        h = self._run_blocks(h, temb6, ctx, freqs, masks)
-        out = _per_sample(self._head, h, temb)
+        h = self._run_blocks(h, temb6, ctx, freqs, masks, time_index)
+        out = _per_sample(self._head, h, temb, time_index)
         return out if x.ndim == 3 else unpatchify(out, grid, cfg.patch_size, x.shape)
 
-    def _head(self, h: jax.Array, temb: jax.Array) -> jax.Array:
+    def _head(self, h: jax.Array, temb: jax.Array,
+              time_index: jax.Array | None = None) -> jax.Array:
         """One sample's output tokens [L, pt*ph*pw*C_out] from its last hidden state [L, D] and
-        time embedding [D]: adaLN (shift, scale) norm, then the output projection."""
-        shift, scale = jnp.split(self.scale_shift_table[...] + temb, 2, axis=0)    # [1, D]
+        time embedding [D] (or [S, D] per segment, token l taking row time_index[l]): adaLN
+        (shift, scale) norm, then the output projection."""
+        mod = self.scale_shift_table[...] + temb[..., None, :]           # [2, D] or [S, 2, D]
+        shift, scale = jnp.unstack(mod if time_index is None else mod[time_index], axis=-2)
         return self.proj_out((layer_norm(h, self.config.eps) * (1 + scale) + shift
                               ).astype(self.config.dtype))
 
@@ -217,7 +230,7 @@ class DiT(nnx.Module):
             return _per_sample(block, _gradient_barrier(h), *args)
 
         if cfg.remat_policy != "none":
-            body = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat_policy],
+            body = nnx.remat(body, policy=remat_policy(cfg.remat_policy),
                              prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             return nnx.scan(body, in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
@@ -249,20 +262,36 @@ _gradient_barrier.defvjp(_gradient_barrier_fwd, _gradient_barrier_bwd)
 
 def _per_sample(fn: Any, *args: Any) -> jax.Array:
     """fn (written for one sample) over the batch of args (pytrees of arrays with a leading
-    batch axis): vmapped, or called on the only sample of a batch of one (XLA:CPU reduces much
-    faster without a leading axis of size 1, see vidgen/models/dit_layers.py)."""
-    if jax.tree.leaves(args)[0].shape[0] == 1:
+    batch axis): vmapped with the batch's mesh axes as spmd axes (shardings inside fn keep the
+    batch split), or called on the only sample of a batch of one (XLA:CPU reduces much faster
+    without a leading axis of size 1, see vidgen/models/dit_layers.py)."""
+    batch = jax.tree.leaves(args)[0].shape[0]
+    if batch == 1:
         return fn(*jax.tree.map(lambda a: a[0], args))[None]
-    return jax.vmap(fn)(*args)
+    return jax.vmap(fn, spmd_axis_name=mesh_lib.batch_spmd_axes(batch))(*args)
+
+
+def _time_index(t: jax.Array, segment_ids: jax.Array | None) -> jax.Array | None:
+    """For per-segment times t [B, S]: each token's row of t, [B, L] (padding: row 0)."""
+    if t.ndim == 1:
+        return None
+    if segment_ids is None:
+        raise ValueError("per-segment flow times t [B, S] need segment_ids [B, L]")
+    return jnp.clip(segment_ids - 1, 0, t.shape[1] - 1)
 
 
 def _masks(context_mask: jax.Array | None, segment_ids: jax.Array | None,
-           context_segment_ids: jax.Array | None) -> dict[str, jax.Array | None]:
-    """The boolean attention masks of self- and cross-attention, [B, 1, L, L] and
-    [B, 1, 1 or L, Lc] (or None: attend to all), built once for all blocks."""
+           context_segment_ids: jax.Array | None) -> dict[str, dict[str, jax.Array]]:
+    """The attention keyword arguments of self- and cross-attention: segment ids [B, L] (and
+    [B, Lc]) and the text padding mask [B, 1, 1, Lc], never an [L, L] mask, so every attention
+    kernel (splash, sequence-parallel) takes them."""
     if context_segment_ids is not None and segment_ids is None:
         raise ValueError("context_segment_ids needs segment_ids for the video tokens")
-    cross = None if context_mask is None else jnp.asarray(context_mask, bool)[:, None, None, :]
+    own = {} if segment_ids is None else {"q_segment_ids": segment_ids,
+                                          "kv_segment_ids": segment_ids}
+    cross = {}
+    if context_mask is not None:
+        cross["mask"] = jnp.asarray(context_mask, bool)[:, None, None, :]
     if context_segment_ids is not None:
-        cross = combined_mask(cross, segment_ids, context_segment_ids)
-    return {"self": combined_mask(None, segment_ids, segment_ids), "cross": cross}
+        cross.update(q_segment_ids=segment_ids, kv_segment_ids=context_segment_ids)
+    return {"self": own, "cross": cross}

@@ -6,6 +6,13 @@ with a leading batch axis of size 1 (e.g. [1, L, D] -> [1, D], the gradients of 
 scales and adaLN modulation) ran ~28x slower than the same reduction of [L, D] (YNNPACK fusions,
 jax 0.10.2), ~15% of a batch-1 DiT train step. Parameter names and shapes are diffusers' (see
 vidgen/interop/wan_dit.py), so Wan weights map by name.
+
+Sharding: every kernel carries logical axis names; q/k/v [D, H, K] are column-parallel over
+'heads', the output projection [H, K, D] row-parallel, the MLP's fc1 [D, F] column- and fc2
+[F, D] row-parallel over 'mlp' (Megatron). Activations are pinned with mesh_lib.constrain: the
+residual stream [L, D] to ('act_len', 'act_embed'), q/k/v to ('act_len', 'act_heads',
+'act_kv') (keys of cross-attention: text, not split by 'act_len'), the MLP hidden to
+('act_len', 'act_mlp'); the batch axis is added by the vmap over examples.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from flax import nnx
 
 from vidgen.models import rope
 from vidgen.models.attention import dot_product_attention
+from vidgen.parallel import mesh as mesh_lib
 
 if TYPE_CHECKING:
     from vidgen.models.dit import DiTConfig
@@ -62,9 +70,10 @@ class HeadsRMSNorm(nnx.Module):
 
 
 class Attention(nnx.Module):
-    """Multi-head attention with per-head q/k/v projections [D, H, K] and optional QK norm."""
+    """Multi-head attention with per-head q/k/v projections [D, H, K] and optional QK norm;
+    cross=True: keys and values come from another sequence (the text)."""
 
-    def __init__(self, cfg: DiTConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: DiTConfig, rngs: nnx.Rngs, *, cross: bool = False):
         d, h, k = cfg.hidden_dim, cfg.num_heads, cfg.head_dim
         names = ("embed", "heads", "kv")
         self.to_q = dense("LD,DHK->LHK", (d, h, k), names, cfg, rngs)
@@ -75,19 +84,27 @@ class Attention(nnx.Module):
         self.norm_q = HeadsRMSNorm(cfg) if cfg.qk_norm else None
         self.norm_k = HeadsRMSNorm(cfg) if cfg.qk_norm else None
         self.implementation = cfg.attention_impl
+        self.cross = cross
 
     def __call__(self, x: jax.Array, source: jax.Array, *,
                  freqs: tuple[jax.Array, jax.Array] | None = None,
-                 mask: jax.Array | None = None) -> jax.Array:
+                 mask: jax.Array | None = None, q_segment_ids: jax.Array | None = None,
+                 kv_segment_ids: jax.Array | None = None) -> jax.Array:
         """x [Lq, D] attends to source [Lk, D]; freqs: RoPE (cos, sin) [Lq, 1, K/2] for q and k;
-        mask: bool [1 or H, Lq, Lk], True = attend."""
-        q, k, v = self.to_q(x), self.to_k(source), self.to_v(source)          # [L, H, K]
+        mask: bool [1 or H, 1 or Lq, Lk], True = attend; segment ids [Lq], [Lk] (packing)."""
+        q_names = ("act_len", "act_heads", "act_kv")
+        kv_names = (None,) + q_names[1:] if self.cross else q_names
+        q = mesh_lib.constrain(self.to_q(x), q_names)                        # [L, H, K]
+        k = mesh_lib.constrain(self.to_k(source), kv_names)
+        v = mesh_lib.constrain(self.to_v(source), kv_names)
         if self.norm_q is not None:
             q, k = self.norm_q(q), self.norm_k(k)
         if freqs is not None:
             q, k = rope.apply(q, *freqs), rope.apply(k, *freqs)
-        out = dot_product_attention(q, k, v, mask=mask, implementation=self.implementation)
-        return self.to_out(out)
+        out = dot_product_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids,
+                                    kv_segment_ids=kv_segment_ids,
+                                    implementation=self.implementation)
+        return self.to_out(mesh_lib.constrain(out, q_names))
 
 
 class FeedForward(nnx.Module):
@@ -99,7 +116,8 @@ class FeedForward(nnx.Module):
         self.fc2 = dense("LF,FD->LD", (f, d), ("mlp", "embed"), cfg, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(jax.nn.gelu(self.fc1(x), approximate=True))
+        hidden = mesh_lib.constrain(self.fc1(x), ("act_len", "act_mlp"))
+        return self.fc2(jax.nn.gelu(hidden, approximate=True))
 
 
 class Block(nnx.Module):
@@ -109,7 +127,7 @@ class Block(nnx.Module):
         d = cfg.hidden_dim
         self.eps = cfg.eps
         self.attn1 = Attention(cfg, rngs)
-        self.attn2 = Attention(cfg, rngs)
+        self.attn2 = Attention(cfg, rngs, cross=True)
         self.norm2 = nnx.LayerNorm(
             d, epsilon=cfg.eps, dtype=jnp.float32, param_dtype=cfg.param_dtype,
             use_fast_variance=False, rngs=rngs,
@@ -121,14 +139,20 @@ class Block(nnx.Module):
         self.scale_shift_table = nnx.Param(init(rngs.params(), (6, d), cfg.param_dtype))
 
     def __call__(self, x: jax.Array, temb6: jax.Array, context: jax.Array,
-                 freqs: tuple[jax.Array, jax.Array], masks: dict[str, Any]) -> jax.Array:
-        """x [L, D]; temb6 float32 [6, D] (the shared projection); context [Lc, D]; masks:
-        'self' and 'cross' boolean attention masks (or None)."""
-        mod = self.scale_shift_table[...].astype(jnp.float32) + temb6               # [6, D]
-        shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod, 6, axis=0)  # [1, D]
+                 freqs: tuple[jax.Array, jax.Array], masks: dict[str, Any],
+                 time_index: jax.Array | None = None) -> jax.Array:
+        """x [L, D]; temb6 float32 [6, D] (the shared projection), or [S, 6, D] per packed
+        segment with token l taking row time_index[l]; context [Lc, D]; masks: 'self' and
+        'cross' keyword arguments of the attention (mask, segment ids)."""
+        names = ("act_len", "act_embed")
+        mod = self.scale_shift_table[...].astype(jnp.float32) + temb6       # [(S,) 6, D]
+        mod = mod if time_index is None else mod[time_index]                # [(L,) 6, D]
+        shift, scale, gate, c_shift, c_scale, c_gate = jnp.unstack(mod, axis=-2)  # [(L,) D]
         h = (layer_norm(x, self.eps) * (1 + scale) + shift).astype(x.dtype)
-        x = (x + self.attn1(h, h, freqs=freqs, mask=masks["self"]) * gate).astype(x.dtype)
+        x = (x + self.attn1(h, h, freqs=freqs, **masks["self"]) * gate).astype(x.dtype)
+        x = mesh_lib.constrain(x, names)
         h = x if self.norm2 is None else self.norm2(x.astype(jnp.float32)).astype(x.dtype)
-        x = x + self.attn2(h, context, mask=masks["cross"])
+        x = mesh_lib.constrain(x + self.attn2(h, context, **masks["cross"]), names)
         h = (layer_norm(x, self.eps) * (1 + c_scale) + c_shift).astype(x.dtype)
-        return (x + self.ffn(h).astype(jnp.float32) * c_gate).astype(x.dtype)
+        x = (x + self.ffn(h).astype(jnp.float32) * c_gate).astype(x.dtype)
+        return mesh_lib.constrain(x, names)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,9 +26,11 @@ import numpy as np
 import sentencepiece as spm
 from flax import nnx
 
+from vidgen.config_dataclass import FromDict
+
 
 @dataclasses.dataclass(frozen=True)
-class TextEncoderConfig:
+class TextEncoderConfig(FromDict):
     """Architecture of the encoder; defaults are UMT5-XXL's (Wan 2.1's text encoder)."""
     vocab_size: int = 256384
     d_model: int = 4096
@@ -62,14 +63,6 @@ class TextEncoderConfig:
                 raise ValueError(f"TextEncoderConfig.{name}={getattr(self, name)!r}: not a "
                                  "dtype") from e
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TextEncoderConfig:
-        """Builds a config from a plain dict (e.g. config.text.to_dict()); unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TextEncoderConfig key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:

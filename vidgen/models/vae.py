@@ -17,15 +17,26 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vidgen.config_dataclass import FromDict, check_dtypes
 from vidgen.models import vae_stream
 from vidgen.models.layers import (AttentionBlock, CausalConv3d, CausalStream, RMSNorm, Resample,
                                   ResidualBlock)
+from vidgen.parallel import mesh as mesh_lib
 
 LOGVAR_RANGE = (-30.0, 20.0)     # diffusers' DiagonalGaussianDistribution clamp
+# Logical axes of the activations [B, T, H, W, C] between blocks: under a mesh the batch splits
+# over act_batch's axes. (Rows split over a mesh axis too gave wrong encodings with FSDP-split
+# kernels or single-row shards, under both XLA partitioners of jax 0.10.2, so frames stay whole.)
+VIDEO_AXES = ("act_batch", None, None, None, None)
+
+
+def pin(x: jax.Array) -> jax.Array:
+    """x [B, T, H, W, C] constrained to VIDEO_AXES (the identity outside a mesh)."""
+    return mesh_lib.constrain(x, VIDEO_AXES)
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(FromDict):
     """Architecture of the VAE; defaults are Wan 2.1's (diffusers AutoencoderKLWan defaults)."""
     base_channels: int = 96
     channel_mults: tuple[int, ...] = (1, 2, 4, 4)
@@ -48,20 +59,8 @@ class VAEConfig:
         for name in ("base_channels", "num_res_blocks", "z_channels", "in_channels", "patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VAEConfig.{name}={getattr(self, name)}: must be >= 1")
-        for name in ("dtype", "param_dtype"):
-            try:
-                jnp.dtype(getattr(self, name))
-            except TypeError as e:
-                raise ValueError(f"VAEConfig.{name}={getattr(self, name)!r}: not a dtype") from e
+        check_dtypes(self, "dtype", "param_dtype")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> VAEConfig:
-        """Builds a config from a plain dict (e.g. config.model.to_dict()); unknown keys raise."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VAEConfig key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
 
     @property
     def spatial_factor(self) -> int:
@@ -159,9 +158,9 @@ class Encoder3d(nnx.Module):
         self.conv_out = CausalConv3d(dims[-1], 2 * cfg.z_channels, **kw)
 
     def __call__(self, x: jax.Array, stream: CausalStream) -> jax.Array:
-        x = self.conv_in(x, stream)
+        x = pin(self.conv_in(pin(x), stream))
         for block in self.down_blocks:
-            x = block(x, stream)
+            x = pin(block(x, stream))
         x = self.mid_block(x, stream)
         return self.conv_out(jax.nn.silu(self.norm_out(x)), stream)
 
@@ -205,9 +204,9 @@ class Decoder3d(nnx.Module):
         self.conv_out = CausalConv3d(dims[-1], cfg.pixel_channels, **kw)
 
     def __call__(self, x: jax.Array, stream: CausalStream) -> jax.Array:
-        x = self.mid_block(self.conv_in(x, stream), stream)
+        x = pin(self.mid_block(self.conv_in(x, stream), stream))
         for block in self.up_blocks:
-            x = block(x, stream)
+            x = pin(block(x, stream))
         return self.conv_out(jax.nn.silu(self.norm_out(x)), stream)
 
 

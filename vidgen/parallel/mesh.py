@@ -1,12 +1,26 @@
-"""The device mesh, the logical-axis rules, and host-local batches -> global arrays.
+"""The device mesh, the logical-axis rules, activation shardings, and host -> global arrays.
 
 One mesh with four named axes, `('data', 'fsdp', 'tensor', 'sequence')`, sized from the config
 (`-1` = all remaining devices). A single device is still a mesh (all axes of size 1), so the same
 code path runs on a laptop and on a pod.
 
-Parameters may carry logical axis names (`nnx.with_partitioning(init, ('embed', 'mlp'))`); a
-rules table maps them to mesh axes. Parameters without names are FSDP-sharded: their largest
-dimension divisible by the `fsdp` axis size is split over it, the rest is replicated.
+Parameters carry logical axis names (`nnx.with_partitioning(init, ('embed', 'mlp'))`) and models
+pin key activations to logical names with `constrain(x, ('act_batch', 'act_len', 'act_embed'))`;
+one rules table maps every name to mesh axes. Parameters without names are FSDP-sharded: their
+largest dimension divisible by the `fsdp` axis size is split over it, the rest is replicated.
+
+The config interface (read by the loop, the AOT compiler and anything else that builds a mesh):
+
+    config.mesh.data / fsdp / tensor / sequence   axis sizes, one of them may be -1
+    config.mesh.rules (optional)                   {logical name: mesh axis | (axes...) | None}
+                                                   overriding DEFAULT_RULES entry by entry
+
+`rules_from_config(config.mesh)` gives the validated table. With the defaults: data parallel =
+`data` > 1; ZeRO-3 FSDP = `fsdp` > 1 (parameters, gradients, optimizer state split on 'embed');
+Megatron tensor parallel = `tensor` > 1 (q/k/v, MLP-in split by columns, out, MLP-out by rows);
+sequence parallel = `sequence` > 1 (tokens split on 'act_len', Ulysses attention in
+vidgen/parallel/context.py). Any product of them is a mesh; rules such as
+`{"mlp": ("fsdp", "tensor")}` remap them.
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd as flax_spmd
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 AXES = ("data", "fsdp", "tensor", "sequence")
@@ -26,9 +41,14 @@ BATCH_AXES = ("data", "fsdp")
 # Logical name -> mesh axis (or tuple of axes, or None = replicated).
 LogicalRules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 DEFAULT_RULES: LogicalRules = (
-    ("act_batch", BATCH_AXES),
-    ("act_len", "sequence"),
-    ("act_embed", None),
+    # activations
+    ("act_batch", BATCH_AXES),      # examples
+    ("act_len", "sequence"),        # video tokens (sequence parallelism)
+    ("act_embed", None),            # the residual stream's features
+    ("act_heads", "tensor"),        # attention heads of q, k, v (tensor parallelism)
+    ("act_kv", None),               # features of one head
+    ("act_mlp", "tensor"),          # MLP hidden features (tensor parallelism)
+    # parameters
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -67,6 +87,119 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
+def _as_axes(entry) -> tuple[str, ...]:
+    """A rule's value as a tuple of mesh axis names (None -> ())."""
+    if entry is None:
+        return ()
+    return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _check_rule(name: str, value, where: str) -> str | tuple[str, ...] | None:
+    """One validated rule value: None, a mesh axis, or a tuple of distinct mesh axes."""
+    known = dict(DEFAULT_RULES)
+    if name not in known:
+        raise ValueError(f"{where}: unknown logical axis {name!r}; known: {sorted(known)}")
+    if not (value is None or isinstance(value, str) or (
+            isinstance(value, (tuple, list)) and all(isinstance(a, str) for a in value))):
+        raise ValueError(f"{where}.{name}={value!r}: expected None, a mesh axis or a tuple of "
+                         f"mesh axes from {AXES}")
+    axes = _as_axes(value)
+    for axis in axes:
+        if axis not in AXES:
+            raise ValueError(f"{where}.{name}={value!r}: {axis!r} is not a mesh axis {AXES}")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"{where}.{name}={value!r}: a mesh axis appears twice")
+    return value if value is None or isinstance(value, str) else axes
+
+
+def resolve_rules(overrides=None, where: str = "config.mesh.rules") -> LogicalRules:
+    """DEFAULT_RULES with `overrides` ({name: axes} or (name, axes) pairs) applied, validated:
+    names must be known, values mesh axes, and no activation axis may reuse a batch axis (the
+    per-sample model code is vmapped over the batch with the batch axes as its spmd axes)."""
+    if overrides is None:
+        return DEFAULT_RULES
+    pairs = list(overrides.items()) if hasattr(overrides, "items") else list(overrides)
+    table = dict(DEFAULT_RULES)
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ValueError(f"{where}: entry {pair!r} is not a (logical name, mesh axes) pair")
+        table[pair[0]] = _check_rule(pair[0], pair[1], where)
+    batch = set(_as_axes(table["act_batch"]))
+    for name, value in table.items():
+        shared = batch & set(_as_axes(value))
+        if name.startswith("act_") and name != "act_batch" and shared:
+            raise ValueError(f"{where}.{name}={value!r}: shares mesh axes {sorted(shared)} with "
+                             f"act_batch={table['act_batch']!r}")
+    return tuple(table.items())
+
+
+def rules_from_config(mesh_config: Mapping) -> LogicalRules:
+    """The validated rules table of config.mesh (DEFAULT_RULES overridden by mesh.rules)."""
+    return resolve_rules(mesh_config.get("rules"))
+
+
+def current_rules() -> LogicalRules:
+    """The rules made current by mesh_context (DEFAULT_RULES when none are)."""
+    return flax_spmd.get_logical_axis_rules() or DEFAULT_RULES
+
+
+def splits_anything() -> bool:
+    """Whether the current (abstract) mesh has an axis of size > 1 that is not manual."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and any(mesh.shape[a] > 1 and a not in mesh.manual_axes
+                                  for a in mesh.axis_names)
+
+
+def active_axes(name: str | None) -> tuple[str, ...]:
+    """The mesh axes that logical `name` maps to (current rules) in the current (abstract) mesh
+    that actually split something: of size > 1 and not manual (inside shard_map)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if name is None or mesh.empty:
+        return ()
+    table = dict(current_rules())
+    if name not in table:
+        raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
+    manual = set(mesh.manual_axes)
+    return tuple(a for a in _as_axes(table[name]) if mesh.shape[a] > 1 and a not in manual)
+
+
+def axes_size(axes: Sequence[str]) -> int:
+    """Devices that the mesh axes `axes` (of the current mesh) span together."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def spec_entry(axes: Sequence[str]) -> str | tuple[str, ...] | None:
+    """A PartitionSpec entry for mesh axes: None, one name, or a tuple of names."""
+    return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pins activation x to the sharding its logical axis `names` get from the current mesh and
+    rules (mesh_context). Dims whose size does not divide over their axes stay replicated; the
+    identity when no mesh axis splits anything (one device, or all axes manual)."""
+    if len(names) != x.ndim:
+        raise ValueError(f"constrain: {len(names)} logical axes {tuple(names)} for an array of "
+                         f"shape {x.shape}")
+    if not splits_anything():
+        return x
+    spec = []
+    for size, name in zip(x.shape, names):
+        axes = active_axes(name)
+        spec.append(spec_entry(axes) if axes and size % axes_size(axes) == 0 else None)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
+
+
+def batch_spmd_axes(batch_size: int) -> tuple[str, ...] | None:
+    """The mesh axes a vmap over `batch_size` examples should name as its spmd_axis_name (so
+    shardings inside per-example code keep the batch split over act_batch's axes), or None
+    when those axes split nothing or do not divide the batch."""
+    axes = active_axes("act_batch")
+    if not axes or batch_size % axes_size(axes):
+        return None
+    return axes
+
+
 def logical_to_spec(names: Sequence[str | None], rules: LogicalRules) -> PartitionSpec:
     """Maps logical axis names to a PartitionSpec; raises on a name the rules do not know."""
     table = dict(rules)
@@ -93,10 +226,7 @@ def fsdp_spec(shape: Sequence[int], fsdp_size: int) -> PartitionSpec:
 
 
 def _axis_size(mesh: Mesh, entry: str | tuple[str, ...] | None) -> int:
-    if entry is None:
-        return 1
-    names = (entry,) if isinstance(entry, str) else entry
-    return math.prod(mesh.shape[n] for n in names)
+    return math.prod(mesh.shape[n] for n in _as_axes(entry))
 
 
 def array_spec(shape: Sequence[int], names: Sequence[str | None] | None, mesh: Mesh,
@@ -108,6 +238,10 @@ def array_spec(shape: Sequence[int], names: Sequence[str | None] | None, mesh: M
     if len(names) != len(shape):
         raise ValueError(f"{what}: {len(names)} logical axes {tuple(names)} for shape {shape}")
     spec = logical_to_spec(names, rules)
+    used = [axis for entry in spec for axis in _as_axes(entry)]
+    if len(set(used)) != len(used):
+        raise ValueError(f"{what}: logical axes {tuple(names)} map to {spec}, which uses a "
+                         "mesh axis twice")
     for dim, (size, entry) in enumerate(zip(shape, spec)):
         if size % _axis_size(mesh, entry):
             raise ValueError(f"{what}: dim {dim} of shape {tuple(shape)} (logical "

@@ -1,17 +1,24 @@
 """Checkpoints: an orbax CheckpointManager holding three items per step, plus preemption.
 
     {directory}/{step}/state   the TrainState (sharded arrays, restored into their shardings)
-    {directory}/{step}/data    the grain iterator state (grain.checkpoint.CheckpointSave)
+    {directory}/{step}/data    the grain iterator state, one JSON file per process
     {directory}/{step}/meta    JSON: config, task name, task extras (e.g. latent statistics)
 
 Saves are asynchronous (the step loop goes on while arrays are written) and atomic: orbax
 writes into `{step}.orbax-checkpoint-tmp-*` and renames only when every item is complete, so a
 process killed mid-save leaves the previous checkpoint as the latest one; leftovers of such a
 save are removed when the next manager opens the directory.
+
+A run may resume on a different number of hosts: each process then restores the iterator state
+that process 0 saved. That is exact for the bucketed pipeline (data_pipelines/bucketed.py: its
+state is the next global step, the same on every host); a per-host pipeline restarts its shard
+of the current epoch from process 0's position, and a warning says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import signal
@@ -23,9 +30,43 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from etils import epath
 from ml_collections import ConfigDict
 
 log = logging.getLogger(__name__)
+
+
+class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
+    """grain's iterator handler, which also restores when the number of processes changed."""
+
+    def restore(self, directory: epath.Path, item: Any = None, args: Any = None) -> Any:
+        count = jax.process_count()
+        if (directory / f"process_{jax.process_index()}-of-{count}.json").exists():
+            return super().restore(directory, item, args)
+        saved = sorted(directory.glob("process_0-of-*.json"))
+        if not saved:
+            raise ValueError(f"{directory}: no data iterator state to restore")
+        item = item or args.item
+        log.warning("checkpoint: saved by %s process(es), restoring on %d: every process takes "
+                    "process 0's data iterator state (%s)", saved[0].stem.split("-of-")[-1],
+                    count, saved[0].name)
+        item.set_state(json.loads(saved[0].read_text()))
+        item.start_prefetch()
+        return item
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+    """Saves a grain DatasetIterator's state (see DataIteratorHandler)."""
+    item: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+    """Restores a grain DatasetIterator's state in place (see DataIteratorHandler)."""
+    item: Any
 
 
 class Checkpointer:
@@ -58,7 +99,7 @@ class Checkpointer:
         if not (force or step % self.every_steps == 0) or step in self._manager.all_steps():
             return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=grain.checkpoint.CheckpointSave(data_iter),
+                                  data=DataSave(data_iter),
                                   meta=ocp.args.JsonSave(meta))
         if jax.process_index() == 0:
             log.info("checkpoint: saving step %d to %s", step, self.directory)
@@ -69,7 +110,7 @@ class Checkpointer:
         """Restores step into `abstract_state`'s shapes and shardings; sets data_iter's state
         in place. Returns (state, meta)."""
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                  data=grain.checkpoint.CheckpointRestore(data_iter),
+                                  data=DataRestore(data_iter),
                                   meta=ocp.args.JsonRestore())
         restored = self._manager.restore(step, args=args)
         if jax.process_index() == 0:

@@ -9,7 +9,13 @@ state, EMA, step, rng stream and data order as an uninterrupted run.
 
 Config keys read here: seed, total_steps, log_every, eval_every, ema_decay,
 max_nonfinite_steps, optim.* (vidgen/train/optim.py), mesh.* (vidgen/parallel/mesh.py, with an
-optional mesh.rules table), checkpoint.every_steps / keep / async_save.
+optional mesh.rules table overriding its DEFAULT_RULES), checkpoint.every_steps / keep /
+async_save, and the optional init_from (a folder of pretrained weights that task.init_from
+loads into a fresh run's params and EMA; "" or absent: the task's own init).
+
+Multi-host: every process runs this same loop on its own iterator of host-local batches (its
+slice of each global batch); checkpoints are written and restored by all processes together
+(orbax; the grain state per process) and only process 0 logs and writes TensorBoard events.
 
 Workdir layout: checkpoints/{step}/ (orbax), tb/ (TensorBoard), result.json (final eval and
 task extras), plus whatever task.evaluate writes.
@@ -23,6 +29,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
@@ -50,6 +57,25 @@ def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
         raise ValueError(f"config.ema_decay={config.ema_decay}: must be in [0, 1]")
     optim.make_optimizer(config.optim, config.total_steps)
     mesh_lib.mesh_shape(config.mesh, jax.device_count() if num_devices is None else num_devices)
+    mesh_lib.rules_from_config(config.mesh)
+    init_from = config.get("init_from", "")
+    if init_from and not os.path.isfile(os.path.join(init_from, "config.json")):
+        raise ValueError(f"config.init_from={init_from!r}: not a folder of pretrained weights "
+                         "(no config.json there)")
+
+
+def _init_from(task: Task, plan: state_lib.StatePlan, state, config: ConfigDict):
+    """The freshly born state with the weights of config.init_from (task.init_from places each
+    into its sharding) as params and EMA; optimizer moments stay zero."""
+    if task.init_from is None:
+        raise ValueError(f"config.init_from={config.init_from!r}: the {task.name} task cannot "
+                         "start from imported weights")
+    model = nnx.merge(plan.graphdef, state.params, state.rest)
+    task.init_from(config, model)
+    params = nnx.state(model, nnx.Param)
+    ema = jax.jit(lambda p: jax.tree.map(jnp.copy, p), out_shardings=plan.shardings.ema)(params)
+    log.info("initialised the %s task's parameters from %s", task.name, config.init_from)
+    return state.replace(params=params, ema=ema)
 
 
 def _global_batches(train_iter: Iterator[dict], mesh,
@@ -128,7 +154,7 @@ def train(task: Task, config: ConfigDict, workdir: str, train_iter, eval_clips: 
     total, limit = config.total_steps, config.max_nonfinite_steps
     # --- Mesh -----------------------------------------------------------------------------
     mesh = mesh_lib.make_mesh(config.mesh, devices)
-    rules = tuple(config.mesh.get("rules", mesh_lib.DEFAULT_RULES))
+    rules = mesh_lib.rules_from_config(config.mesh)
     # --- Model ----------------------------------------------------------------------------
     tx = optim.make_optimizer(config.optim, total)
     # --- Shard: shapes from eval_shape, shardings from the rules, init jitted into them ---
@@ -143,6 +169,8 @@ def train(task: Task, config: ConfigDict, workdir: str, train_iter, eval_clips: 
     latest = ckpt.latest_step()
     if latest is None:
         state = plan.init()
+        if config.get("init_from"):             # imported weights: only a fresh run reads them
+            state = _init_from(task, plan, state, config)
     else:
         state, saved_meta = ckpt.restore(latest, plan.abstract, train_iter)
         if latest >= total and "result" in saved_meta:

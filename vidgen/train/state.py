@@ -155,4 +155,10 @@ def make_train_step(plan: StatePlan, task: Task, tx: optax.GradientTransformatio
         with mesh_lib.mesh_context(mesh, rules):
             return jitted(state, batch)
 
+    def lower(state: TrainState, batch: dict) -> jax.stages.Lowered:
+        """The step lowered for (abstract) state and batch: ahead-of-time compiles (aot.py)."""
+        with mesh_lib.mesh_context(mesh, rules):
+            return jitted.lower(state, batch)
+
+    train_step.lower = lower
     return train_step

@@ -3,14 +3,19 @@
 Each batch arrives as video + caption tokens from the input pipeline; `prepare_batch` runs the
 frozen VAE encoder (posterior mode, normalised by the VAE run's per-channel latent statistics)
 outside the differentiated step, so the VAE is neither trained nor checkpointed here. A batch
-that already holds `latents` (precomputed) skips the VAE. The text encoder trains jointly
-(config.text.trainable) or, frozen, encodes in `prepare_batch` from pretrained Hugging Face
-T5/UMT5 weights (config.text.pretrained).
+that already holds `latents` (precomputed) skips the VAE, and so do packed rows of latent
+tokens (data_pipelines/packing.py: `tokens`, `segment_ids`, `positions`, per-slot captions),
+whose loss draws one flow time per clip and counts real tokens only. The text encoder trains
+jointly (config.text.trainable) or, frozen, encodes in `prepare_batch` (unless the batch holds
+precomputed caption features, `context`) from pretrained Hugging Face T5/UMT5 weights
+(config.text.pretrained).
 
 Config keys read here: `config.model` (DiTConfig fields), `config.text` (tokenizer, max_length,
 trainable, pretrained, encoder: TextEncoderConfig fields), `config.vae.workdir` (a vae run),
 `config.flow` (FlowConfig fields), `config.sample` (samplers.SamplerConfig fields), `config.data`
-(num_frames, height, width, batch_size, caption_field), `config.eval` (num_prompts, fps, seed).
+(num_frames, height, width, batch_size, caption_field, packing, latents_path), `config.eval`
+(num_prompts, fps, seed), `config.init_from` (a diffusers WanTransformer3DModel folder to start
+the DiT from, or "" for a fresh init).
 """
 
 from __future__ import annotations
@@ -29,12 +34,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 from vidgen import generate
 from vidgen.diffusion import flow, samplers
 from vidgen.evaluation import visualize, world_grader
-from vidgen.interop import hf_t5
+from vidgen.interop import hf_t5, wan_dit
 from vidgen.io.video import write_video
 from vidgen.models.dit import DiT, DiTConfig
 from vidgen.models.text_encoder import TextEncoder, TextEncoderConfig, Tokenizer
 from vidgen.train import checkpoint
-from vidgen.train.tasks import Task
+from vidgen.train.tasks import Task, load_pretrained_into
 from vidgen.train.tasks import vae as vae_task
 
 ConfigDict = ml_collections.ConfigDict
@@ -55,6 +60,14 @@ def build_model(config: ConfigDict, rngs: nnx.Rngs) -> DiTTrainModel:
     if config.text.trainable:
         text = TextEncoder(TextEncoderConfig.from_dict(config.text.encoder.to_dict()), rngs=rngs)
     return DiTTrainModel(DiT(DiTConfig.from_dict(config.model.to_dict()), rngs=rngs), text)
+
+
+def init_from(config: ConfigDict, model: DiTTrainModel) -> None:
+    """Overwrites the DiT with config.init_from, a diffusers WanTransformer3DModel folder (e.g.
+    Wan 2.1 T2V 1.3B's transformer/); a jointly trained text encoder keeps its fresh init."""
+    load_pretrained_into(model.dit, wan_dit.load_pretrained, config.init_from,
+                         keep=("remat_policy", "scan_layers", "attention_impl", "dtype",
+                               "param_dtype"))
 
 
 @functools.lru_cache(maxsize=4)
@@ -131,12 +144,15 @@ def prepare_batch(config: ConfigDict) -> Callable[[dict], dict]:
 
     def prepare(batch: dict) -> dict:
         out = {k: v for k, v in batch.items() if k != "video"}
-        if "latents" not in out:
+        if "video" in batch:             # not for precomputed latents or packed tokens
             out["latents"] = latent_fn()(batch["video"])
-        if frozen_text is not None and "context" not in out:
+        if frozen_text is not None:
             graphdef, state, null_ids, null_mask = frozen_text
-            out["context"] = generate._encode_text(graphdef, state, batch["text_ids"],
-                                                   batch["text_mask"])
+            if "context" not in out:     # [B, Lt] ids, or [B, S, Lt] of packed rows
+                ids, mask = batch["text_ids"], batch["text_mask"]
+                flat = generate._encode_text(graphdef, state, ids.reshape(-1, ids.shape[-1]),
+                                             mask.reshape(-1, ids.shape[-1]))
+                out["context"] = flat.reshape(ids.shape + flat.shape[-1:])
             out["null_context"] = generate._encode_text(graphdef, state, null_ids, null_mask)[0]
             out["null_mask"] = null_mask[0]
         return out
@@ -178,11 +194,52 @@ def _flow_loss(model: DiTTrainModel, batch: dict, t: jax.Array, noise: jax.Array
     return flow.flow_loss(v, x0, noise)
 
 
+def _packed_context(model: DiTTrainModel, batch: dict, keep: jax.Array
+                    ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The captions of packed rows as one context per row: features [B, S*Lt, D], mask and
+    context segment ids [B, S*Lt] (slot j's caption, or the empty prompt where keep [B, S] is
+    False, belongs to segment j + 1)."""
+    b, s, lt = batch["text_ids"].shape
+    flat = {k: v.reshape((b * s,) + v.shape[2:]) for k, v in batch.items()
+            if k in ("text_ids", "text_mask", "context")}
+    flat.update({k: batch[k] for k in ("null_context", "null_mask") if k in batch})
+    context, mask = _context(model, flat, keep.reshape(-1))
+    return (context.reshape(b, s * lt, -1), mask.reshape(b, s * lt),
+            jnp.repeat(batch["text_segment_ids"], lt, axis=1))
+
+
+def _packed_loss(model: DiTTrainModel, batch: dict[str, jax.Array], rng: jax.Array,
+                 fcfg: flow.FlowConfig) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Rectified-flow MSE on packed rows (data_pipelines/packing.py: tokens [B, L, F] with
+    segment_ids, positions, per-slot captions): each segment draws its own flow time (shifted
+    by its token count) and caption dropout; the loss averages over real tokens only."""
+    x0, segments = batch["tokens"].astype(jnp.float32), batch["segment_ids"]
+    b, s = batch["text_segment_ids"].shape
+    sizes = jnp.sum(segments[:, None, :] == jnp.arange(1, s + 1)[None, :, None], axis=-1)
+    rng_t, rng_n, rng_d = jax.random.split(rng, 3)
+    t = flow.sample_timesteps(rng_t, b * s, sizes.reshape(-1), fcfg).reshape(b, s)   # [B, S]
+    noise = jax.random.normal(rng_n, x0.shape, jnp.float32)
+    keep = jax.random.uniform(rng_d, (b, s)) >= fcfg.text_dropout
+    t_tokens = jnp.take_along_axis(t, jnp.clip(segments - 1, 0, s - 1), axis=1)      # [B, L]
+    context, mask, context_segments = _packed_context(model, batch, keep)
+    v = model.dit(flow.interpolate(x0, noise, t_tokens), t, context, mask,
+                  segment_ids=segments, positions=batch["positions"],
+                  context_segment_ids=context_segments).astype(jnp.float32)
+    loss = flow.flow_loss(v, x0, noise, weights=segments > 0)
+    used = batch["text_segment_ids"] > 0
+    count = jnp.maximum(jnp.sum(used), 1)
+    return loss, {"loss": loss, "t_mean": jnp.sum(t * used) / count,
+                  "text_kept": jnp.sum(keep * used) / count, "real_tokens": jnp.mean(segments > 0)}
+
+
 def loss_fn(model: DiTTrainModel, batch: dict[str, jax.Array], rng: jax.Array,
             step: jax.Array, config: ConfigDict) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Rectified-flow MSE on batch["latents"] [B, t, h, w, C] with caption tokens; timesteps
-    logit-normal, shifted by the token count; captions dropped with prob. flow.text_dropout."""
+    logit-normal, shifted by the token count; captions dropped with prob. flow.text_dropout.
+    Packed rows (a batch with segment_ids) go through `_packed_loss`."""
     fcfg = flow.FlowConfig.from_dict(config.flow.to_dict())
+    if "segment_ids" in batch:
+        return _packed_loss(model, batch, rng, fcfg)
     x0 = batch["latents"]
     rng_t, rng_n, rng_d = jax.random.split(rng, 3)
     t = flow.sample_timesteps(rng_t, x0.shape[0], _num_tokens(x0.shape, config), fcfg)
@@ -316,8 +373,11 @@ def validate_config(config: ConfigDict) -> None:
     for key in ("height", "width"):
         _require(d[key] % 8 == 0, f"data.{key}", d[key], "must be a multiple of 8")
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
+    if d.get("packing"):
+        _require(bool(d.get("latents_path")), "data.latents_path", d.get("latents_path"),
+                 "packing packs precomputed latents (python -m data_pipelines.precompute)")
 
 
 TASK = Task(name="dit", build_model=build_model, loss_fn=loss_fn, evaluate=evaluate,
             finalize=None, validate_config=validate_config, prepare_batch=prepare_batch,
-            example_fields=example_fields)
+            example_fields=example_fields, init_from=init_from)

@@ -9,7 +9,8 @@ VAE never learns from the discriminator loss and the discriminator never from th
 Config keys read here: `config.model` (VAEConfig fields), `config.loss` (l1, l2, ssim, kl, disc,
 disc_start, adaptive_disc_weight, init_logvar), `config.disc` (channels, num_layers; only when
 loss.disc > 0), `config.data` (num_frames, height, width, batch_size), and optionally
-`config.eval` (batch_size, num_videos, fps, latent_stats_batches).
+`config.eval` (batch_size, num_videos, fps, latent_stats_batches) and `config.init_from` (a
+diffusers AutoencoderKLWan folder to start the VAE from, or "" for a fresh init).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import numpy as np
 from flax import nnx
 
 from vidgen.evaluation import metrics, visualize
+from vidgen.interop import wan_vae
 from vidgen.io.video import write_video
 from vidgen.models.discriminator import PatchDiscriminator3D, hinge_d_loss, hinge_g_loss
 from vidgen.models.vae import CausalVAE, VAEConfig
-from vidgen.train.tasks import Task
+from vidgen.train.tasks import Task, load_pretrained_into
 
 ConfigDict = ml_collections.ConfigDict
 MAX_DISC_WEIGHT = 1e4       # VQGAN's clip on the adaptive weight
@@ -61,6 +63,12 @@ def build_model(config: ConfigDict, rngs: nnx.Rngs) -> VAETrainModel:
     if config.loss.disc > 0:
         disc = PatchDiscriminator3D(config.disc.channels, config.disc.num_layers, rngs=rngs)
     return VAETrainModel(vae, disc)
+
+
+def init_from(config: ConfigDict, model: VAETrainModel) -> None:
+    """Overwrites the VAE with config.init_from, a diffusers AutoencoderKLWan folder (e.g. Wan
+    2.1's vae/); a discriminator keeps its fresh init."""
+    load_pretrained_into(model.vae, wan_vae.load_pretrained, config.init_from)
 
 
 def _to_float(video: jax.Array) -> jax.Array:
@@ -276,4 +284,4 @@ def validate_config(config: ConfigDict) -> None:
 
 
 TASK = Task(name="vae", build_model=build_model, loss_fn=loss_fn, evaluate=evaluate,
-            finalize=finalize, validate_config=validate_config)
+            finalize=finalize, validate_config=validate_config, init_from=init_from)
