@@ -2,7 +2,7 @@ r"""Wan 2.1-shaped 14B text-to-video DiT (5120 hidden, 40 layers, 40 heads): dit
 the large widths, with its own slices, batches, meshes and remat policies per clip size (PLANS).
 Args as in dit_1b3: RESOLUTION_DURATION (480p, 720p, 1080p x 5s, 20s, 60s), 480p, 720p, tiny.
 
-    python -m launch.train --config=launch/configs/dit_14b.py:720p_5s --workdir=gs://BUCKET/dit_14b \
+    python -m launch.train --config=launch/configs/dit_14b.py:720p_5s --workdir=gs://BUCKET/14b \
         --config.data.path=gs://BUCKET/shards --config.vae.workdir=gs://BUCKET/vae_base \
         --config.text.pretrained=/path/to/umt5-xxl --config.text.tokenizer=/path/to/spiece.model
     python -m launch.aot_compile --config=launch/configs/dit_14b.py:720p_5s --topology=v5p-256

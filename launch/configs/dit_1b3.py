@@ -3,7 +3,7 @@ with a frozen pretrained UMT5-XXL text encoder (Hugging Face safetensors, 4096-d
 The arg picks the clip size, RESOLUTION_DURATION: 480p, 720p or 1080p at 5s, 20s or 60s
 (16 fps, 1 + 4k frames: 81, 321 or 961), e.g. `720p_20s`; `480p` and `720p` alone mean 5 s.
 
-    python -m launch.train --config=launch/configs/dit_1b3.py:480p_5s --workdir=gs://BUCKET/dit_1b3 \
+    python -m launch.train --config=launch/configs/dit_1b3.py:480p_5s --workdir=gs://BUCKET/1b3 \
         --config.data.path=gs://BUCKET/shards --config.vae.workdir=gs://BUCKET/vae_base \
         --config.text.pretrained=/path/to/umt5-xxl --config.text.tokenizer=/path/to/spiece.model
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 FPS = 16
 RESOLUTIONS = {"480p": (480, 832), "720p": (720, 1280), "1080p": (1080, 1920)}
@@ -88,6 +88,7 @@ def get_config(arg: str | None = None, model: dict | None = None,
     c.model = ConfigDict(dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                               **(model or MODEL), text_dim=4096, freq_dim=256, qk_norm=True,
                               cross_attn_norm=True, remat_policy=plan.remat, scan_layers=True,
+                              attention_impl=config_dict.placeholder(str),   # None: by platform
                               dtype="bfloat16", param_dtype="float32"))
     c.text = ConfigDict(dict(tokenizer="", max_length=512, trainable=False, pretrained="",
                              encoder=ConfigDict()))

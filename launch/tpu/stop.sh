@@ -3,6 +3,7 @@
 # train.sh with the same WORKDIR to resume).
 #   PROJECT=p ZONE=us-east5-a TPU_NAME=vidgen launch/tpu/stop.sh
 source "$(dirname "$0")/env.sh"
+# shellcheck disable=SC2016  # $(...) and ${pid} expand on the workers
 on_workers all 'if [[ -f ~/vidgen_train.pid ]]; then
   pid=$(cat ~/vidgen_train.pid); kill -TERM "${pid}" 2>/dev/null || true
   while kill -0 "${pid}" 2>/dev/null; do sleep 5; done; rm -f ~/vidgen_train.pid
