@@ -9,7 +9,7 @@ Prints the report of vidgen/parallel/aot.py (per-chip memory, model FLOPs, the c
 the attention kernels' assumed cost, estimated step time), the estimated MFU for other assumed
 attention kernel efficiencies, and last the line `estimated_mfu=R`. Scanned
 layers take three compiles (the step, then 1 and 2 unrolled layers for the cost model): about
-15-25 minutes and 4-6 GiB of memory for dit_14b on 2 CPU cores.
+5 minutes and 4-6 GiB of memory for dit_14b on 2 CPU cores.
 """
 
 from __future__ import annotations

@@ -18,12 +18,16 @@ PLANS = {     # sequence x tensor must divide the 40 heads (Ulysses) and map ont
     "480p_5s": Plan("v5p-128", 64),
     "480p_20s": Plan("v5p-256", 32, sequence=4),
     "480p_60s": Plan("v5p-256", 16, sequence=8),
-    "720p_5s": Plan("v5p-256", 128),
+    # AOT-checked (benchmarks/RESULTS.md): 8-way Ulysses leaves room to keep every matmul and
+    # attention output; splash's fused backward; the plans without a remat say use 'full'
+    "720p_5s": Plan("v5p-256", 16, sequence=8, remat="save_dots_attention", fused_backward=True),
     "720p_20s": Plan("v5p-256", 32, sequence=4),
     "720p_60s": Plan("v5p-512", 32, sequence=8),
     "1080p_5s": Plan("v5p-256", 32, sequence=4),
     "1080p_20s": Plan("v5p-256", 16, sequence=8),
-    "1080p_60s": Plan("v5p:4x4x20", 16, sequence=20),     # v5p-640
+    # v5p-640; does not compile yet: attention over 2M keys in one splash call exceeds the
+    # kernel's scalar memory / VMEM (benchmarks/RESULTS.md), it needs the keys split over calls
+    "1080p_60s": Plan("v5p:4x4x20", 16, sequence=20),
 }
 
 

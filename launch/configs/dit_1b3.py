@@ -33,17 +33,21 @@ MODEL = dict(hidden_dim=1536, num_layers=30, num_heads=12, mlp_dim=8960)
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """How one clip size trains: the slice it is sized for, the global batch (clips per step),
-    the mesh (fsdp=-1 takes the devices that tensor and sequence leave) and the remat policy."""
+    the mesh (fsdp=-1 takes the devices that tensor and sequence leave), the remat policy and
+    whether splash runs its fused backward kernel (faster; holds a dq partial per key block)."""
 
     slice: str
     batch_size: int
     tensor: int = 1
     sequence: int = 1
     remat: str = "full"
+    fused_backward: bool = False
 
 
 PLANS = {     # sequence x tensor must divide the 12 heads (Ulysses) and map onto the slice's torus
-    "480p_5s": Plan("v5p-64", 32),
+    # AOT-checked (benchmarks/RESULTS.md): 55 GiB of 95 per chip, nothing but elementwise work
+    # recomputed; the plans without a remat say are the conservative default ('full')
+    "480p_5s": Plan("v5p-64", 32, remat="save_dots_attention", fused_backward=True),
     "480p_20s": Plan("v5p-64", 32),
     "480p_60s": Plan("v5p-64", 16, sequence=2),
     "720p_5s": Plan("v5p-64", 32),
@@ -88,6 +92,7 @@ def get_config(arg: str | None = None, model: dict | None = None,
     c.model = ConfigDict(dict(in_channels=16, out_channels=16, patch_size=(1, 2, 2),
                               **(model or MODEL), text_dim=4096, freq_dim=256, qk_norm=True,
                               cross_attn_norm=True, remat_policy=plan.remat, scan_layers=True,
+                              splash_fused_backward=plan.fused_backward,
                               attention_impl=config_dict.placeholder(str),   # None: by platform
                               dtype="bfloat16", param_dtype="float32"))
     c.text = ConfigDict(dict(tokenizer="", max_length=512, trainable=False, pretrained="",
@@ -106,6 +111,8 @@ def get_config(arg: str | None = None, model: dict | None = None,
     c.ema_decay = 0.9999
     c.max_nonfinite_steps = 20
     c.mesh = ConfigDict(dict(data=1, fsdp=-1, tensor=plan.tensor, sequence=plan.sequence))
+    if plan.sequence > 1:     # parameters and optimizer state sharded over the sequence axis too
+        c.mesh.rules = ConfigDict({"embed": ("fsdp", "sequence")})
     c.checkpoint = ConfigDict(dict(every_steps=1_000, keep=3, async_save=True))
     c.eval = ConfigDict(dict(batch_size=8, num_prompts=16, fps=float(FPS), seed=0))
     if size == "tiny":

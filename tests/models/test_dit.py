@@ -115,7 +115,7 @@ def test_remat_policies_give_identical_outputs_and_gradients():
 
     (base_loss, base_grads), base_remat = value_and_grad("none")
     assert not base_remat
-    for policy in ("full", "dots"):
+    for policy in ("full", "dots", "save_attention", "save_dots_attention"):
         (loss, grads), remat = value_and_grad(policy)
         err = max(float(jnp.abs(a - b).max()) for a, b in
                   zip(jax.tree.leaves(grads), jax.tree.leaves(base_grads)))
@@ -123,6 +123,29 @@ def test_remat_policies_give_identical_outputs_and_gradients():
         print(f"remat {policy}: loss diff {abs(float(loss - base_loss)):.1e}, grad err {err:.1e}"
               f" (largest gradient {scale:.1e})")
         assert remat and abs(float(loss - base_loss)) <= 1e-6 and err <= 1e-6 * scale
+
+
+def test_save_attention_does_not_run_self_attention_forward_again():
+    """Under 'save_attention' the backward pass reuses each self-attention kernel's output and
+    log-sum-exp: the compiled gradient does the FLOPs of 'full' less one self-attention forward
+    (4 L^2 D per layer for the scores and values, plus its softmax), and still recomputes the rest."""
+    x, t, context, mask = _inputs((1, 2, 16, 16, 4), seed=2)
+    model = _model(seed=2)
+
+    def gradient_flops(policy):
+        m = _with_config(model, dataclasses.replace(SMALL, remat_policy=policy,
+                                                    scan_layers=False))
+        graphdef, params = nnx.split(m, nnx.Param)
+        loss = lambda p: jnp.mean(nnx.merge(graphdef, p)(x, t, context, mask) ** 2)
+        return jax.jit(jax.grad(loss)).lower(params).compile().cost_analysis()["flops"]
+
+    none, full, saved = (gradient_flops(p) for p in ("none", "full", "save_attention"))
+    tokens = 2 * 8 * 8                                           # (2, 16, 16) latents, 1x2x2 patches
+    forward = 4 * tokens**2 * SMALL.hidden_dim * SMALL.num_layers
+    print(f"gradient FLOPs: none {none:.4g}, full {full:.4g}, save_attention {saved:.4g}; "
+          f"one self-attention forward per layer: {forward:.4g}")
+    assert forward <= full - saved <= 1.2 * forward
+    assert saved > none + forward                                # the rest is still recomputed
 
 
 def test_padded_text_tokens_are_ignored():

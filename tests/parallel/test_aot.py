@@ -22,6 +22,7 @@ from launch import aot_compile
 from launch.configs import dit_1b3, dit_buckets
 from vidgen.models.dit import DiT, DiTConfig
 from vidgen.parallel import aot, topology
+from vidgen.parallel import mesh as mesh_lib
 from vidgen.train import flops
 from vidgen.train import state as state_lib
 
@@ -94,6 +95,38 @@ def test_analytic_parameter_count_matches_the_model():
     video = flops.dit_model_flops(cfg, tokens=1, text_len=0)["dense"] / 6
     text = flops.dit_model_flops(cfg, tokens=0, text_len=1)["dense"] / 6
     assert len(kernels) == 7 + 10 and per_token == video + text
+
+
+@pytest.mark.parametrize("policy,fused", [("full", False), ("save_attention", False),
+                                          ("save_attention", True), ("save_dots_attention", True),
+                                          ("none", True)])
+def test_tpu_gradient_runs_the_attention_kernels_flops_py_counts(policy, fused):
+    """The DiT's gradient compiled for a v5p host: the splash kernels (TPU custom calls) it runs
+    are the ones vidgen/train/flops.py prices: per attention (self and cross) a forward, again
+    under remat unless the policy keeps its output ('save_attention': self-attention's,
+    'save_dots_attention': both), and a dq and a dkv backward kernel, or one fused kernel."""
+    cfg = DiTConfig(in_channels=4, out_channels=4, hidden_dim=256, num_layers=2, num_heads=2,
+                    mlp_dim=64, text_dim=16, freq_dim=32, remat_policy=policy,
+                    scan_layers=False, splash_fused_backward=fused, dtype="bfloat16")
+    graphdef, params, rest = state_lib.abstract_model(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+
+    def loss(params):
+        x, text = jnp.ones((4, 2, 16, 16, 4)), jnp.ones((4, 8, 16))
+        model = nnx.merge(graphdef, params, rest)
+        return jnp.mean(model(x, jnp.ones((4,)), text, jnp.ones((4, 8), bool)) ** 2)
+
+    with mesh_lib.mesh_context(mesh_lib.make_mesh({"data": 4},
+                                                  topology.topology_devices("v5p:2x2x1"))):
+        program = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    kernels = program.count('custom_call_target="tpu_custom_call"')
+    remat = policy not in ("none", "save_dots_attention")
+    forwards = (2 if remat and policy != "save_attention" else 1) + (2 if remat else 1)
+    backwards = 2 * (1 if fused else 2)
+    assert kernels == cfg.num_layers * (forwards + backwards)
+    # flops.py's kernel count, per unit of L x Lk x D, reads the same (forward 4, dq + dkv 14,
+    # fused 10): self-attention here has Lk = L tokens, cross-attention Lk = 8 text tokens.
+    count = flops.attention_kernel_flops(cfg, 128, 0, "splash") / (2 * 128 * 128 * 256)
+    assert count == (2 if remat and policy != "save_attention" else 1) * 4 + (10 if fused else 14)
 
 
 def test_compiler_out_of_memory_is_reported():

@@ -30,6 +30,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.ad_checkpoint import checkpoint_name
 
 from vidgen.parallel import context
 from vidgen.parallel import mesh as mesh_lib
@@ -115,25 +117,29 @@ def _block_forward(k, v, block):
     return out, m + jnp.log(total)
 
 
-@jax.custom_vjp
-def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                       mask: jax.Array | None) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
+                       name: str | None = None) -> jax.Array:
     """Softmax attention of one sample, q [Lq, H, K], k and v [Lk, H, K], mask [1|H, Lq|1, Lk]
-    or None, computed QUERY_BLOCK queries at a time (see the module docstring)."""
-    return _blocked_attention_fwd(q, k, v, mask)[0]
+    or None, computed QUERY_BLOCK queries at a time (see the module docstring); the output and
+    log-sum-exp carry the checkpoint name `name` (see dot_product_attention)."""
+    return _blocked_attention_fwd(q, k, v, mask, name)[0]
 
 
-def _blocked_attention_fwd(q, k, v, mask):
+def _blocked_attention_fwd(q, k, v, mask, name):
     lq, h, kd = q.shape
     nb = -(-lq // QUERY_BLOCK)
     pad = nb * QUERY_BLOCK - lq if nb > 1 else 0
     qs = jnp.pad(q, ((0, pad), (0, 0), (0, 0))).reshape(nb, -1, h, kd)
     masks = _block_mask(mask, lq, pad, nb)
     out, lse = jax.lax.map(lambda block: _block_forward(k, v, block), (qs, masks))
-    return out.reshape(-1, h, kd)[:lq], (qs, k, v, masks, lse)
+    out = out.reshape(-1, h, kd)[:lq]
+    if name is not None:
+        out, lse = checkpoint_name(out, name), checkpoint_name(lse, name)
+    return out, (qs, k, v, masks, lse)
 
 
-def _blocked_attention_bwd(residuals, d_out):
+def _blocked_attention_bwd(name, residuals, d_out):
     qs, k, v, masks, lse = residuals
     lq, (nb, bq, h, kd) = d_out.shape[0], qs.shape
     d_outs = jnp.pad(d_out, ((0, nb * bq - lq), (0, 0), (0, 0))).reshape(qs.shape)
@@ -150,6 +156,7 @@ def _blocked_attention_bwd(residuals, d_out):
         dk = dk + jnp.einsum("hlm,lhk->mhk", ds, q, preferred_element_type=jnp.float32)
         return (dk, dv), jnp.einsum("hlm,mhk->lhk", ds, k)
 
+    del name
     zeros = jnp.zeros(k.shape, jnp.float32)
     (dk, dv), dq = jax.lax.scan(block, (zeros, zeros), (qs, d_outs, masks, lse))
     return dq.reshape(-1, h, kd)[:lq], dk.astype(k.dtype), dv.astype(v.dtype), None
@@ -173,6 +180,11 @@ def _jax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | N
 
 
 SPLASH_BLOCK = 512        # splash's query / key block (a multiple of 128), smaller for short L
+# Splash keeps per-block metadata, (query blocks x key blocks) entries of 1-2 bytes in a few
+# arrays shared by all heads, in the TensorCore's scalar memory (1 MiB on v5p): at 2M tokens and
+# 512-token blocks one such array is 30 MB, which the compiler refuses. Longer sequences get
+# larger blocks to stay under this many entries (whose cost is VMEM: see splash_blocks).
+SPLASH_METADATA = 2 ** 17
 NO_SEGMENT = int(jnp.iinfo(jnp.int32).min)   # key segment id of masked keys: no query has it
 
 
@@ -204,25 +216,73 @@ def _has_key(q_ids: jax.Array, kv_ids: jax.Array) -> jax.Array:
     return found == q_ids
 
 
+class _AllTrue(np.ndarray):
+    """An all-True bool block whose whole-array any() and all() cost nothing (_full_mask_type)."""
+
+    def any(self, *args, **kwargs):
+        return np.True_ if not args and not kwargs else super().any(*args, **kwargs)
+
+    def all(self, *args, **kwargs):
+        return np.True_ if not args and not kwargs else super().all(*args, **kwargs)
+
+
+@functools.cache
+def _full_mask_type() -> type:
+    """Splash's FullMask whose blocks are zero-copy all-True views. Splash scans a mask block by
+    block on the host whenever it builds a kernel; for a plain FullMask that costs O(Lq x Lk)
+    (about half an hour per kernel at 2M tokens), for this one O(number of blocks)."""
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    class FullBlocks(splash.FullMask):
+        def __getitem__(self, idx) -> np.ndarray:
+            if not isinstance(idx, tuple) or len(idx) != 2 or not all(
+                    isinstance(i, slice) for i in idx):
+                raise NotImplementedError(f"Unsupported slice: {idx}")
+            rows, cols = (len(range(*i.indices(n))) for i, n in zip(idx, self.shape))
+            return np.broadcast_to(np.True_, (rows, cols)).view(_AllTrue)
+
+    return FullBlocks
+
+
+def splash_blocks(lq: int, lk: int) -> tuple[int, int]:
+    """Splash's (query, key) block sizes for one call: SPLASH_BLOCK (less for short sequences,
+    a multiple of 128), doubled along the axis with more blocks until query blocks x key blocks
+    is at most SPLASH_METADATA. Blocks grow the kernels' VMEM use: at 2M tokens (8192 x 4096
+    blocks) splash's backward needs more than v5p's 64 MiB, so sequences that long need the keys
+    split over several calls (not done here)."""
+    bq, bk = (min(SPLASH_BLOCK, -(-n // 128) * 128) for n in (lq, lk))
+    while -(-lq // bq) * -(-lk // bk) > SPLASH_METADATA:
+        if -(-lq // bq) >= -(-lk // bk):
+            bq *= 2
+        else:
+            bk *= 2
+    return bq, bk
+
+
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_ids: jax.Array,
-                     kv_ids: jax.Array, *, interpret: bool = False) -> jax.Array:
+                     kv_ids: jax.Array, *, name: str | None = None,
+                     fused_backward: bool = False, interpret: bool = False) -> jax.Array:
     """Pallas splash attention of q [(B,) Lq, H, K], k and v [(B,) Lk, H, K] under segment ids
     [(B,) Lq] and [(B,) Lk] (see splash_segment_ids); lengths are padded to the kernel's blocks
-    (the padding is a segment of its own) and queries without a key get zeros. `interpret` runs
-    the kernel in Pallas' interpreter (any platform; for tests)."""
+    (the padding is a segment of its own) and queries without a key get zeros. The kernel's
+    output and log-sum-exp carry the checkpoint name `name`; `fused_backward` computes dq, dk
+    and dv in one backward kernel; `interpret` runs the kernel in Pallas' interpreter (any
+    platform; for tests)."""
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
     if q.ndim == 4:
-        return jax.vmap(functools.partial(splash_attention, interpret=interpret))(
-            q, k, v, q_ids, kv_ids)
+        return jax.vmap(functools.partial(splash_attention, name=name, interpret=interpret,
+                                          fused_backward=fused_backward))(q, k, v, q_ids, kv_ids)
     (lq, h, kd), lk = q.shape, k.shape[0]
-    bq, bk = (min(SPLASH_BLOCK, -(-n // 128) * 128) for n in (lq, lk))
+    bq, bk = splash_blocks(lq, lk)
     pq, pk = (-lq) % bq, (-lk) % bk
-    blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=bk, block_q_dkv=bq,
-                               block_kv_dkv=bk, block_kv_dkv_compute=bk, block_q_dq=bq,
-                               block_kv_dq=bk)
-    mask = splash.MultiHeadMask([splash.FullMask((lq + pq, lk + pk))] * h)
+    tile = min(bk, SPLASH_BLOCK)         # keys per step inside a key block: bounds the scores
+    dq_blocks = {} if fused_backward else dict(block_q_dq=bq, block_kv_dq=bk)
+    blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=tile, block_q_dkv=bq,
+                               block_kv_dkv=bk, block_kv_dkv_compute=tile,
+                               use_fused_bwd_kernel=fused_backward, **dq_blocks)
+    mask = splash.MultiHeadMask([_full_mask_type()((lq + pq, lk + pk))] * h)
     kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
-                                    interpret=interpret)
+                                    residual_checkpoint_name=name, interpret=interpret)
 
     def heads_major(x: jax.Array, pad: int) -> jax.Array:                    # [H, L, K]
         return jnp.pad(x, ((0, pad), (0, 0), (0, 0))).transpose(1, 0, 2)
@@ -236,27 +296,31 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_ids: jax.Array,
 
 def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
                     q_segment_ids: jax.Array | None, kv_segment_ids: jax.Array | None, *,
-                    implementation: str) -> jax.Array:
+                    implementation: str, name: str | None = None,
+                    fused_backward: bool = False) -> jax.Array:
     """Attention of arrays on one device with the kernel `implementation` (see the module
     docstring); what each device runs under the sharded path."""
     if implementation == "splash":
         ids = splash_segment_ids(mask, q_segment_ids, kv_segment_ids, q.shape, k.shape[-3])
-        return splash_attention(q, k, v, *ids)
+        return splash_attention(q, k, v, *ids, name=name, fused_backward=fused_backward)
     full = combined_mask(mask, q_segment_ids, kv_segment_ids, batched=q.ndim == 4)
     if implementation != "blocked":
         return _jax_attention(q, k, v, full, implementation)
+    blocked = lambda q, k, v, m: _blocked_attention(q, k, v, m, name)   # noqa: E731
     if q.ndim == 3:
-        return _blocked_attention(q, k, v, full)
+        return blocked(q, k, v, full)
     if full is not None and full.shape[0] == 1:                 # one mask for the whole batch
-        return jax.vmap(_blocked_attention, in_axes=(0, 0, 0, None))(q, k, v, full[0])
-    return jax.vmap(_blocked_attention)(q, k, v, full)
+        return jax.vmap(blocked, in_axes=(0, 0, 0, None))(q, k, v, full[0])
+    return jax.vmap(blocked)(q, k, v, full)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                           mask: jax.Array | None = None,
                           q_segment_ids: jax.Array | None = None,
                           kv_segment_ids: jax.Array | None = None,
-                          implementation: str | None = None) -> jax.Array:
+                          implementation: str | None = None,
+                          name: str | None = None,
+                          fused_backward: bool = False) -> jax.Array:
     """Softmax(q k^T / sqrt(K)) v over q [B, Lq, H, K], k and v [B, Lk, H, K] -> [B, Lq, H, K]
     (or the same without the batch axis B).
 
@@ -264,14 +328,17 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     attend to a key. q_segment_ids [B, Lq], kv_segment_ids [B, Lk] ([Lq], [Lk] unbatched): ints;
     attention only within equal ids. implementation: None (pick for the platform and dtype),
     'blocked', 'xla', 'cudnn' or 'splash'. A query row whose mask is all False gets zeros.
-    Under a mesh that splits anything, each device attends its own slice
+    name: a checkpoint name (jax.ad_checkpoint.checkpoint_name) for what the kernel's backward
+    needs of its forward (output and log-sum-exp; 'blocked' and 'splash' only), so that a remat
+    policy saving that name does not run the attention forward again. fused_backward: splash's
+    single backward kernel for dq, dk and dv (ignored by the other kernels). Under a mesh that splits anything, each device attends its own slice
     (vidgen/parallel/context.py).
     """
     if q.ndim not in (3, 4):
         raise ValueError(f"attention takes q [B, L, H, K] or [L, H, K], got shape {q.shape}")
     if (q_segment_ids is None) != (kv_segment_ids is None):
         raise ValueError("q_segment_ids and kv_segment_ids must be given together")
-    kernel = functools.partial(local_attention,
+    kernel = functools.partial(local_attention, name=name, fused_backward=fused_backward,
                                implementation=choose(implementation, q.dtype, platform()))
     if mesh_lib.splits_anything():
         return context.sharded_attention(kernel, q, k, v, mask, q_segment_ids, kv_segment_ids)

@@ -46,6 +46,13 @@ from vidgen.parallel import mesh as mesh_lib
 REMAT_POLICIES = {
     "none": None,                                               # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,           # keep only each block's input
+    # 'full', but the self-attention kernel's output and log-sum-exp are kept, so its forward
+    # (the costliest part of a long clip's block) is not run again ('blocked' and 'splash')
+    "save_attention": jax.checkpoint_policies.save_only_these_names("self_attention"),
+    # every matmul output and both attention kernels' outputs kept: only elementwise work reruns
+    "save_dots_attention": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.checkpoint_dots,
+        jax.checkpoint_policies.save_only_these_names("self_attention", "cross_attention")),
     "dots": jax.checkpoint_policies.checkpoint_dots,            # keep every matmul output
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     # matmul outputs without batch dims moved to host memory and back, not recomputed
@@ -85,6 +92,9 @@ class DiTConfig(FromDict):
     remat_policy: str = "none"           # a key of REMAT_POLICIES
     scan_layers: bool = True
     attention_impl: str | None = None    # None (by platform), 'blocked', 'xla', 'cudnn', 'splash'
+    # splash only: one backward kernel for dq, dk and dv (scores recomputed once, not twice); it
+    # holds a dq partial per key block, [Lk / 512, H, Lq, K] per clip, while a layer's backward runs
+    splash_fused_backward: bool = False
     dtype: str = "float32"               # compute dtype
     param_dtype: str = "float32"
 

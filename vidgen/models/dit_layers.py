@@ -84,6 +84,7 @@ class Attention(nnx.Module):
         self.norm_q = HeadsRMSNorm(cfg) if cfg.qk_norm else None
         self.norm_k = HeadsRMSNorm(cfg) if cfg.qk_norm else None
         self.implementation = cfg.attention_impl
+        self.fused_backward = cfg.splash_fused_backward
         self.cross = cross
 
     def __call__(self, x: jax.Array, source: jax.Array, *,
@@ -103,7 +104,9 @@ class Attention(nnx.Module):
             q, k = rope.apply(q, *freqs), rope.apply(k, *freqs)
         out = dot_product_attention(q, k, v, mask=mask, q_segment_ids=q_segment_ids,
                                     kv_segment_ids=kv_segment_ids,
-                                    implementation=self.implementation)
+                                    implementation=self.implementation,
+                                    fused_backward=self.fused_backward,
+                                    name="cross_attention" if self.cross else "self_attention")
         return self.to_out(mesh_lib.constrain(out, q_names))
 
 

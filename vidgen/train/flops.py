@@ -25,11 +25,11 @@ from vidgen.models.vae import VAEConfig
 
 ConfigDict = ml_collections.ConfigDict
 # Attention kernel FLOPs per unit L x Lk x D of one layer: the forward (q k^T and p v: 4), and
-# the backward of each kernel vidgen/models/attention.py may run as one: splash as it configures
-# it (separate dq and dkv kernels, each recomputing the scores: 2 + 2 + 2 and 2 + 2 + 2 + 2) and
-# 'blocked' (scores recomputed once: 2, then dv, dp, dq, dk: 2 each).
+# the backward of each kernel vidgen/models/attention.py may run as one: splash (separate dq and
+# dkv kernels, each recomputing the scores: 2 + 2 + 2 and 2 + 2 + 2 + 2), splash with its fused
+# backward and 'blocked' (scores recomputed once: 2, then dv, dp, dq, dk: 2 each).
 KERNEL_FORWARD = 4
-KERNEL_BACKWARD = {"splash": 14, "blocked": 10}
+KERNEL_BACKWARD = {"splash": 14, "splash_fused": 10, "blocked": 10}
 
 
 def latent_shape(num_frames: int, height: int, width: int, channels: int) -> tuple[int, ...]:
@@ -58,8 +58,14 @@ def dit_model_flops(cfg: DiTConfig, tokens: int, text_len: int) -> dict[str, flo
 
 def attention_kernel_flops(cfg: DiTConfig, tokens: int, text_len: int, kernel: str) -> float:
     """FLOPs the attention kernel (a key of KERNEL_BACKWARD) executes in one clip's train step:
-    forward and backward of self- and cross-attention, plus the forward once more when the
-    blocks are rematerialised (no remat policy saves the kernel's output)."""
-    forwards = 1 if cfg.remat_policy == "none" else 2
-    units = forwards * KERNEL_FORWARD + KERNEL_BACKWARD[kernel]
-    return float(units * cfg.num_layers * cfg.hidden_dim * (tokens * tokens + tokens * text_len))
+    forward and backward of self- and cross-attention, plus the forward once more where the
+    blocks are rematerialised and the remat policy does not keep that kernel's output
+    ('save_attention' keeps self-attention's, 'save_dots_attention' both)."""
+    remat = cfg.remat_policy not in ("none", "save_dots_attention")
+    self_forwards = 2 if remat and cfg.remat_policy != "save_attention" else 1
+    cross_forwards = 2 if remat else 1
+    backward = KERNEL_BACKWARD["splash_fused" if kernel == "splash" and cfg.splash_fused_backward
+                               else kernel]
+    per_unit = cfg.num_layers * cfg.hidden_dim
+    return float(per_unit * ((self_forwards * KERNEL_FORWARD + backward) * tokens * tokens
+                             + (cross_forwards * KERNEL_FORWARD + backward) * tokens * text_len))
