@@ -25,8 +25,7 @@ PLANS = {     # sequence x tensor must divide the 40 heads (Ulysses) and map ont
     "720p_60s": Plan("v5p-512", 32, sequence=8),
     "1080p_5s": Plan("v5p-256", 32, sequence=4),
     "1080p_20s": Plan("v5p-256", 16, sequence=8),
-    # v5p-640; does not compile yet: attention over 2M keys in one splash call exceeds the
-    # kernel's scalar memory / VMEM (benchmarks/RESULTS.md), it needs the keys split over calls
+    # v5p-640, the smallest slice 1080p x 60 s fits (AOT: 73.5 GiB per chip, RESULTS.md)
     "1080p_60s": Plan("v5p:4x4x20", 16, sequence=20),
 }
 

@@ -203,23 +203,60 @@ def test_splash_gradients_match_autodiff_of_the_reference(fused):
     assert max(errs) <= 1e-5 and min(float(jnp.abs(g).max()) for g in want) > 1e-2
 
 
-def test_splash_blocks_keep_its_metadata_small_and_its_mask_cheap():
-    """Splash's per-block metadata (query blocks x key blocks) stays within SPLASH_METADATA at
-    any length (at 2M tokens 512-token blocks would need 30 MB of the TensorCore's 1 MiB scalar
-    memory), blocks are 128-multiples that grow only as far as needed, and the full mask splash
-    scans is all True, block by block, at no cost per element."""
-    assert attention.splash_blocks(10, 7) == (128, 128)
-    assert attention.splash_blocks(75_600, 75_600) == (512, 512)        # 720p x 5 s
-    entries = lambda lq, lk, bq, bk: -(-lq // bq) * -(-lk // bk)        # noqa: E731
+def test_splash_plan_keeps_its_metadata_small_and_its_mask_cheap():
+    """Splash's per-call block metadata (query blocks x key blocks) stays within
+    SPLASH_METADATA at any length (at 2M tokens 512-token blocks would need 30 MB of the
+    TensorCore's 1 MiB scalar memory): key blocks grow first, up to SPLASH_MAX_KEY_BLOCK, then
+    the queries split into the fewest chunks; the full mask splash scans is all True, block by
+    block, at no cost per element."""
+    assert attention.splash_plan(10, 7) == attention.SplashPlan(128, 128, 128)
+    assert attention.splash_plan(75_600, 75_600) == attention.SplashPlan(75_776, 512, 512)
     for lq, lk in [(302_400, 302_400), (1_966_560, 1_966_560), (80_000_000, 512)]:
-        bq, bk = attention.splash_blocks(lq, lk)
-        assert bq % 128 == 0 and bk % 128 == 0 and max(bq, bk) > 512
-        assert entries(lq, lk, bq, bk) <= attention.SPLASH_METADATA
-        smaller = (bq // 2, bk) if bq > bk else (bq, bk // 2)         # the last doubling undone
-        assert entries(lq, lk, *smaller) > attention.SPLASH_METADATA
+        plan = attention.splash_plan(lq, lk)
+        calls = -(-lq // plan.chunk)
+        assert plan.chunk % plan.block_q == 0 and plan.block_k % 128 == 0
+        assert plan.block_k <= attention.SPLASH_MAX_KEY_BLOCK
+        assert plan.chunk // plan.block_q * -(-lk // plan.block_k) <= attention.SPLASH_METADATA
+        assert calls == 1 or plan.block_k == attention.SPLASH_MAX_KEY_BLOCK or lk <= plan.block_k
+        if calls > 1:         # one chunk fewer would not fit
+            fewer = -(-(-(-lq // plan.block_q)) // (calls - 1))
+            assert fewer * -(-lk // plan.block_k) > attention.SPLASH_METADATA
+    assert attention.splash_plan(1_966_560, 1_966_560) == attention.SplashPlan(68_096, 512, 2048)
     full = attention._full_mask_type()((4096, 1024))
     block = full[1024:3072, 512:1024]
     assert block.shape == (2048, 512) and block.all() and block.any()
     assert np.asarray(block).dtype == bool and np.asarray(block).all()
     with pytest.raises(NotImplementedError):
         full[3]
+
+
+def test_splash_in_query_chunks_matches_the_reference(monkeypatch):
+    """Forced into 3 query chunks of one 128-block each (a tiny metadata budget), splash's
+    output and gradients (Pallas interpreter) equal the float64 reference and autodiff of a
+    float32 one: the chunks' dk and dv add up."""
+    monkeypatch.setattr(attention, "SPLASH_BLOCK", 128)
+    monkeypatch.setattr(attention, "SPLASH_METADATA", 2)
+    monkeypatch.setattr(attention, "SPLASH_MAX_KEY_BLOCK", 128)
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.normal(size=(n, 2, 8)).astype(np.float32) for n in (300, 200, 200))
+    q_seg = (np.arange(300) >= 140).astype(np.int32)
+    kv_seg = (np.arange(200) >= 90).astype(np.int32)
+    assert attention.splash_plan(300, 200) == attention.SplashPlan(128, 128, 128)
+    full = q_seg[:, None] == kv_seg[None, :]
+    weights = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+
+    def splash(q, k, v):
+        out = attention.splash_attention(q, k, v, q_seg, kv_seg, interpret=True)
+        return jnp.sum(out * weights), out
+
+    def reference(q, k, v):
+        logits = jnp.einsum("qhd,khd->hqk", q, k) / np.sqrt(q.shape[-1])
+        p = jax.nn.softmax(jnp.where(full, logits, -1e30), axis=-1)
+        return jnp.sum(jnp.einsum("hqk,khd->qhd", p, v) * weights)
+
+    (_, out), got = jax.value_and_grad(splash, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+    want = jax.grad(reference, argnums=(0, 1, 2))(q, k, v)
+    err = np.abs(np.asarray(out) - _reference(q[None], k[None], v[None], full[None, None])[0]).max()
+    grad_errs = [float(jnp.abs(a - b).max()) for a, b in zip(got, want)]
+    print(f"splash in 3 query chunks: output err {err:.1e}, dq/dk/dv errs {grad_errs}")
+    assert err <= 1e-5 and max(grad_errs) <= 1e-5

@@ -129,6 +129,29 @@ def test_tpu_gradient_runs_the_attention_kernels_flops_py_counts(policy, fused):
     assert count == (2 if remat and policy != "save_attention" else 1) * 4 + (10 if fused else 14)
 
 
+def test_splash_gradient_over_2m_tokens_compiles_for_a_v5p_chip():
+    """A 60 s 1080p clip's self-attention as one chip holds it under 20-way Ulysses (1,966,560
+    tokens, 2 heads of 128): splash's block metadata must fit the TensorCore's 1 MiB scalar memory
+    and its kernels the scoped VMEM, which attention.splash_plan's key blocks and query chunks
+    see to (one 2M x 2M call was refused for both)."""
+    from jax.sharding import SingleDeviceSharding
+
+    from vidgen.models import attention
+    tokens = 1_966_560
+    plan = attention.splash_plan(tokens, tokens)
+    assert -(-tokens // plan.chunk) > 1                              # split into query chunks
+    chip = SingleDeviceSharding(topology.topology_devices("v5p:2x2x1")[0])
+    qkv = jax.ShapeDtypeStruct((tokens, 2, 128), jnp.bfloat16, sharding=chip)
+
+    def loss(q, k, v):
+        ids = jnp.zeros((tokens,), jnp.int32)
+        return jnp.sum(attention.splash_attention(q, k, v, ids, ids).astype(jnp.float32))
+
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(qkv, qkv, qkv)
+    assert lowered.as_text().count("tpu_custom_call") >= 3           # forward, dq, dk + dv
+    lowered.compile()            # the compiler's SMEM / VMEM checks (it raised before the plan)
+
+
 def test_compiler_out_of_memory_is_reported():
     devices = topology.topology_devices("v5p:2x2x1")
     mesh = Mesh(np.array(devices[:1]), ("x",))

@@ -20,12 +20,14 @@ and the dtype:
 - 'splash' (the default on TPU): Pallas splash attention
   (jax.experimental.pallas.ops.tpu.splash_attention), fed segment ids: the mask must be a
   key-padding mask ([B, 1, 1, Lk]), which becomes a key segment no query has
-  (`splash_segment_ids`); lengths are padded to its blocks.
+  (`splash_segment_ids`); lengths are padded to its blocks, and long sequences get larger key
+  blocks and query chunks (`splash_plan`) so that its per-block metadata fits the TensorCore.
 Rows with nothing to attend to (a fully masked query) return zeros, never NaN.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -182,9 +184,12 @@ def _jax_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | N
 SPLASH_BLOCK = 512        # splash's query / key block (a multiple of 128), smaller for short L
 # Splash keeps per-block metadata, (query blocks x key blocks) entries of 1-2 bytes in a few
 # arrays shared by all heads, in the TensorCore's scalar memory (1 MiB on v5p): at 2M tokens and
-# 512-token blocks one such array is 30 MB, which the compiler refuses. Longer sequences get
-# larger blocks to stay under this many entries (whose cost is VMEM: see splash_blocks).
+# 512-token blocks one such array is 30 MB, which the compiler refuses. Long sequences get larger
+# key blocks, up to SPLASH_MAX_KEY_BLOCK (VMEM: splash's dk/dv kernel with 512 x 4096 blocks
+# needs 16.5 MiB of its 16 MiB scoped limit), then queries split into chunks, one kernel call
+# each, to stay under this many entries.
 SPLASH_METADATA = 2 ** 17
+SPLASH_MAX_KEY_BLOCK = 2048
 NO_SEGMENT = int(jnp.iinfo(jnp.int32).min)   # key segment id of masked keys: no query has it
 
 
@@ -244,19 +249,28 @@ def _full_mask_type() -> type:
     return FullBlocks
 
 
-def splash_blocks(lq: int, lk: int) -> tuple[int, int]:
-    """Splash's (query, key) block sizes for one call: SPLASH_BLOCK (less for short sequences,
-    a multiple of 128), doubled along the axis with more blocks until query blocks x key blocks
-    is at most SPLASH_METADATA. Blocks grow the kernels' VMEM use: at 2M tokens (8192 x 4096
-    blocks) splash's backward needs more than v5p's 64 MiB, so sequences that long need the keys
-    split over several calls (not done here)."""
+@dataclasses.dataclass(frozen=True)
+class SplashPlan:
+    """How splash covers Lq x Lk: query chunks of `chunk` queries (one kernel call each; the
+    queries padded to a whole number of chunks) and (query, key) blocks within a call."""
+
+    chunk: int
+    block_q: int
+    block_k: int
+
+
+def splash_plan(lq: int, lk: int) -> SplashPlan:
+    """Blocks of SPLASH_BLOCK (less for short sequences, a multiple of 128); while a call would
+    keep more than SPLASH_METADATA block entries, key blocks double up to SPLASH_MAX_KEY_BLOCK,
+    then the queries are split into the fewest equal chunks (whole blocks) that fit."""
     bq, bk = (min(SPLASH_BLOCK, -(-n // 128) * 128) for n in (lq, lk))
-    while -(-lq // bq) * -(-lk // bk) > SPLASH_METADATA:
-        if -(-lq // bq) >= -(-lk // bk):
-            bq *= 2
-        else:
-            bk *= 2
-    return bq, bk
+    key_blocks = lambda: -(-lk // bk)                                   # noqa: E731
+    while -(-lq // bq) * key_blocks() > SPLASH_METADATA and bk < SPLASH_MAX_KEY_BLOCK:
+        bk *= 2
+    per_call = max(1, SPLASH_METADATA // key_blocks())                  # query blocks per call
+    query_blocks = -(-lq // bq)
+    chunks = -(-query_blocks // per_call)
+    return SplashPlan(bq * -(-query_blocks // chunks), bq, bk)
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_ids: jax.Array,
@@ -273,24 +287,37 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_ids: jax.Array,
         return jax.vmap(functools.partial(splash_attention, name=name, interpret=interpret,
                                           fused_backward=fused_backward))(q, k, v, q_ids, kv_ids)
     (lq, h, kd), lk = q.shape, k.shape[0]
-    bq, bk = splash_blocks(lq, lk)
-    pq, pk = (-lq) % bq, (-lk) % bk
+    plan = splash_plan(lq, lk)
+    bq, bk = plan.block_q, plan.block_k
+    pq, pk = (-lq) % plan.chunk, (-lk) % bk
     tile = min(bk, SPLASH_BLOCK)         # keys per step inside a key block: bounds the scores
     dq_blocks = {} if fused_backward else dict(block_q_dq=bq, block_kv_dq=bk)
     blocks = splash.BlockSizes(block_q=bq, block_kv=bk, block_kv_compute=tile, block_q_dkv=bq,
                                block_kv_dkv=bk, block_kv_dkv_compute=tile,
                                use_fused_bwd_kernel=fused_backward, **dq_blocks)
-    mask = splash.MultiHeadMask([_full_mask_type()((lq + pq, lk + pk))] * h)
+    mask = splash.MultiHeadMask([_full_mask_type()((plan.chunk, lk + pk))] * h)
     kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
                                     residual_checkpoint_name=name, interpret=interpret)
 
     def heads_major(x: jax.Array, pad: int) -> jax.Array:                    # [H, L, K]
         return jnp.pad(x, ((0, pad), (0, 0), (0, 0))).transpose(1, 0, 2)
 
-    ids = splash.SegmentIds(jnp.pad(q_ids, (0, pq), constant_values=NO_SEGMENT + 1),
-                            jnp.pad(kv_ids, (0, pk), constant_values=NO_SEGMENT))
-    out = kernel(heads_major(q * jnp.asarray(kd ** -0.5, q.dtype), pq), heads_major(k, pk),
-                 heads_major(v, pk), segment_ids=ids).transpose(1, 0, 2)[:lq]
+    keys, values = heads_major(k, pk), heads_major(v, pk)
+    key_ids = jnp.pad(kv_ids, (0, pk), constant_values=NO_SEGMENT)
+    queries = heads_major(q * jnp.asarray(kd ** -0.5, q.dtype), pq)       # [H, C x chunk, K]
+    query_ids = jnp.pad(q_ids, (0, pq), constant_values=NO_SEGMENT + 1)
+    num_chunks = (lq + pq) // plan.chunk
+
+    def call(chunk: tuple[jax.Array, jax.Array]) -> jax.Array:                # [H, chunk, K]
+        return kernel(chunk[0], keys, values, segment_ids=splash.SegmentIds(chunk[1], key_ids))
+
+    if num_chunks == 1:
+        out = call((queries, query_ids))
+    else:                 # query chunks are independent: autodiff sums their dk and dv
+        out = jax.lax.map(call, (queries.reshape(h, num_chunks, plan.chunk, kd).swapaxes(0, 1),
+                                 query_ids.reshape(num_chunks, plan.chunk)))
+        out = out.swapaxes(0, 1).reshape(h, -1, kd)
+    out = out.transpose(1, 0, 2)[:lq]
     return jnp.where(_has_key(q_ids, kv_ids)[:, None, None], out, jnp.zeros((), out.dtype))
 
 

@@ -93,7 +93,7 @@ class DiTConfig(FromDict):
     scan_layers: bool = True
     attention_impl: str | None = None    # None (by platform), 'blocked', 'xla', 'cudnn', 'splash'
     # splash only: one backward kernel for dq, dk and dv (scores recomputed once, not twice); it
-    # holds a dq partial per key block, [Lk / 512, H, Lq, K] per clip, while a layer's backward runs
+    # holds a dq partial per key block ([Lk / 512, H, Lq, K] per clip) while a layer's backward runs
     splash_fused_backward: bool = False
     dtype: str = "float32"               # compute dtype
     param_dtype: str = "float32"
