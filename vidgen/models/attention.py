@@ -142,6 +142,7 @@ def _blocked_attention_fwd(q, k, v, mask, name):
 
 
 def _blocked_attention_bwd(name, residuals, d_out):
+    del name                                    # names only the forward's outputs
     qs, k, v, masks, lse = residuals
     lq, (nb, bq, h, kd) = d_out.shape[0], qs.shape
     d_outs = jnp.pad(d_out, ((0, nb * bq - lq), (0, 0), (0, 0))).reshape(qs.shape)
@@ -158,7 +159,6 @@ def _blocked_attention_bwd(name, residuals, d_out):
         dk = dk + jnp.einsum("hlm,lhk->mhk", ds, q, preferred_element_type=jnp.float32)
         return (dk, dv), jnp.einsum("hlm,mhk->lhk", ds, k)
 
-    del name
     zeros = jnp.zeros(k.shape, jnp.float32)
     (dk, dv), dq = jax.lax.scan(block, (zeros, zeros), (qs, d_outs, masks, lse))
     return dq.reshape(-1, h, kd)[:lq], dk.astype(k.dtype), dv.astype(v.dtype), None
@@ -264,11 +264,10 @@ def splash_plan(lq: int, lk: int) -> SplashPlan:
     keep more than SPLASH_METADATA block entries, key blocks double up to SPLASH_MAX_KEY_BLOCK,
     then the queries are split into the fewest equal chunks (whole blocks) that fit."""
     bq, bk = (min(SPLASH_BLOCK, -(-n // 128) * 128) for n in (lq, lk))
-    key_blocks = lambda: -(-lk // bk)                                   # noqa: E731
-    while -(-lq // bq) * key_blocks() > SPLASH_METADATA and bk < SPLASH_MAX_KEY_BLOCK:
-        bk *= 2
-    per_call = max(1, SPLASH_METADATA // key_blocks())                  # query blocks per call
     query_blocks = -(-lq // bq)
+    while query_blocks * -(-lk // bk) > SPLASH_METADATA and bk < SPLASH_MAX_KEY_BLOCK:
+        bk *= 2
+    per_call = max(1, SPLASH_METADATA // -(-lk // bk))                 # query blocks per call
     chunks = -(-query_blocks // per_call)
     return SplashPlan(bq * -(-query_blocks // chunks), bq, bk)
 
@@ -358,8 +357,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
     name: a checkpoint name (jax.ad_checkpoint.checkpoint_name) for what the kernel's backward
     needs of its forward (output and log-sum-exp; 'blocked' and 'splash' only), so that a remat
     policy saving that name does not run the attention forward again. fused_backward: splash's
-    single backward kernel for dq, dk and dv (ignored by the other kernels). Under a mesh that splits anything, each device attends its own slice
-    (vidgen/parallel/context.py).
+    single backward kernel for dq, dk and dv (ignored by the other kernels). Under a mesh that
+    splits anything, each device attends its own slice (vidgen/parallel/context.py).
     """
     if q.ndim not in (3, 4):
         raise ValueError(f"attention takes q [B, L, H, K] or [L, H, K], got shape {q.shape}")

@@ -43,16 +43,20 @@ from vidgen.models.attention import IMPLEMENTATIONS, platform
 from vidgen.models.dit_layers import Block, dense, layer_norm
 from vidgen.parallel import mesh as mesh_lib
 
+# The attention kernels (by checkpoint name, see dit_layers.Attention) whose output and
+# log-sum-exp a remat policy keeps, so that their forward is not run again ('blocked', 'splash').
+KEPT_ATTENTION = {"save_attention": ("self_attention",),
+                  "save_dots_attention": ("self_attention", "cross_attention")}
 REMAT_POLICIES = {
     "none": None,                                               # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,           # keep only each block's input
-    # 'full', but the self-attention kernel's output and log-sum-exp are kept, so its forward
-    # (the costliest part of a long clip's block) is not run again ('blocked' and 'splash')
-    "save_attention": jax.checkpoint_policies.save_only_these_names("self_attention"),
+    # 'full', but self-attention (the costliest part of a long clip's block) is not rerun
+    "save_attention": jax.checkpoint_policies.save_only_these_names(
+        *KEPT_ATTENTION["save_attention"]),
     # every matmul output and both attention kernels' outputs kept: only elementwise work reruns
     "save_dots_attention": jax.checkpoint_policies.save_from_both_policies(
         jax.checkpoint_policies.checkpoint_dots,
-        jax.checkpoint_policies.save_only_these_names("self_attention", "cross_attention")),
+        jax.checkpoint_policies.save_only_these_names(*KEPT_ATTENTION["save_dots_attention"])),
     "dots": jax.checkpoint_policies.checkpoint_dots,            # keep every matmul output
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     # matmul outputs without batch dims moved to host memory and back, not recomputed
@@ -93,7 +97,7 @@ class DiTConfig(FromDict):
     scan_layers: bool = True
     attention_impl: str | None = None    # None (by platform), 'blocked', 'xla', 'cudnn', 'splash'
     # splash only: one backward kernel for dq, dk and dv (scores recomputed once, not twice); it
-    # holds a dq partial per key block ([Lk / 512, H, Lq, K] per clip) while a layer's backward runs
+    # holds a dq partial per key block ([Lk / block, H, Lq, K] per clip) while a backward runs
     splash_fused_backward: bool = False
     dtype: str = "float32"               # compute dtype
     param_dtype: str = "float32"

@@ -20,7 +20,7 @@ import math
 
 import ml_collections
 
-from vidgen.models.dit import DiTConfig
+from vidgen.models.dit import KEPT_ATTENTION, DiTConfig
 from vidgen.models.vae import VAEConfig
 
 ConfigDict = ml_collections.ConfigDict
@@ -61,11 +61,12 @@ def attention_kernel_flops(cfg: DiTConfig, tokens: int, text_len: int, kernel: s
     forward and backward of self- and cross-attention, plus the forward once more where the
     blocks are rematerialised and the remat policy does not keep that kernel's output
     ('save_attention' keeps self-attention's, 'save_dots_attention' both)."""
-    remat = cfg.remat_policy not in ("none", "save_dots_attention")
-    self_forwards = 2 if remat and cfg.remat_policy != "save_attention" else 1
-    cross_forwards = 2 if remat else 1
+    kept = KEPT_ATTENTION.get(cfg.remat_policy, ())
+    forwards = {name: 1 if cfg.remat_policy == "none" or name in kept else 2
+                for name in ("self_attention", "cross_attention")}
     backward = KERNEL_BACKWARD["splash_fused" if kernel == "splash" and cfg.splash_fused_backward
                                else kernel]
     per_unit = cfg.num_layers * cfg.hidden_dim
-    return float(per_unit * ((self_forwards * KERNEL_FORWARD + backward) * tokens * tokens
-                             + (cross_forwards * KERNEL_FORWARD + backward) * tokens * text_len))
+    return float(per_unit * (
+        (forwards["self_attention"] * KERNEL_FORWARD + backward) * tokens * tokens
+        + (forwards["cross_attention"] * KERNEL_FORWARD + backward) * tokens * text_len))
