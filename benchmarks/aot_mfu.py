@@ -23,6 +23,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from vidgen.parallel import aot     # noqa: E402
+from vidgen.train.tasks import get_task     # noqa: E402
 
 
 def sensitivity(report: aot.AotReport, efficiencies=(0.3, 0.5, 0.7, 1.0)) -> str:
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     name, _, arg = args.config.partition(":")
     config = importlib.import_module(f"launch.configs.{name}").get_config(arg or None)
-    report = aot.compile_train_step(aot.load_task(config.task), config, args.topology,
+    report = aot.compile_train_step(get_task(config.task), config, args.topology,
                                     aot.config_bucket(config),
                                     attention_efficiency=args.attention_efficiency)
     print(f"{args.config} on {args.topology}")

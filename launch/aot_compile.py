@@ -25,6 +25,7 @@ from ml_collections import config_flags    # noqa: E402
 from data_pipelines import buckets as buckets_lib   # noqa: E402
 from vidgen.parallel import aot            # noqa: E402
 from vidgen.parallel.topology import GIB   # noqa: E402
+from vidgen.train.tasks import get_task   # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = FLAGS.config
-    task = aot.load_task(config.task)
+    task = get_task(config.task)
     hbm = None if FLAGS.hbm_gib is None else int(FLAGS.hbm_gib * GIB)
     misfits = []
     for bucket in bucket_shapes(config, FLAGS.all_buckets):

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from data_pipelines import bucketed, buckets, packing, pipeline, shards
 from vidgen.parallel import distributed
 from vidgen.train import loop
-from vidgen.train.tasks import Task
+from vidgen.train.tasks import get_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (:arg).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard and eval outputs.")
@@ -37,26 +37,6 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: HOS
                                    "process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process, 0-based.")
-
-
-def _vae_task() -> Task:
-    from vidgen.train.tasks import vae   # imported only when asked for: it pulls in the model
-    return vae.TASK
-
-
-def _dit_task() -> Task:
-    from vidgen.train.tasks import dit
-    return dit.TASK
-
-
-TASKS = {"vae": _vae_task, "dit": _dit_task}
-
-
-def get_task(name: str) -> Task:
-    """The Task for config.task; raises naming the known tasks."""
-    if name not in TASKS:
-        raise ValueError(f"config.task={name!r}: unknown task, expected one of {sorted(TASKS)}")
-    return TASKS[name]()
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -25,6 +25,7 @@ from vidgen.parallel import aot, topology
 from vidgen.parallel import mesh as mesh_lib
 from vidgen.train import flops
 from vidgen.train import state as state_lib
+from vidgen.train.tasks import get_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,7 +60,7 @@ def report():
     c = dit_1b3.get_config("tiny")
     c.data.batch_size = 4
     c.model.num_layers = 1
-    return aot.compile_train_step(aot.load_task("dit"), c, "v5p-8", aot.config_bucket(c))
+    return aot.compile_train_step(get_task("dit"), c, "v5p-8", aot.config_bucket(c))
 
 
 def test_report_memory_and_fit(report):

@@ -58,7 +58,6 @@ class FlowConfig(FromDict):
             raise ValueError(f"FlowConfig.text_dropout={self.text_dropout}: must be in [0, 1]")
 
 
-
 def _per_example(t: jax.Array, like: jax.Array) -> jax.Array:
     """t [B] (or a scalar) -> [B, 1, ..., 1] in like's dtype, to broadcast against like [B, ...]."""
     t = jnp.asarray(t, like.dtype)

@@ -113,7 +113,6 @@ class SamplerConfig(FromDict):
             raise ValueError(f"SamplerConfig.shift={self.shift}: must be > 0")
 
 
-
 def sample(v_fn: VelocityFn, noise: jax.Array, *, solver: str = "euler", num_steps: int = 20,
            shift: jax.Array | float = 1.0) -> jax.Array:
     """x0 [B, ...] from noise [B, ...] (the state at t = 1): the ODE integrated by `solver` over

@@ -28,6 +28,7 @@ from ml_collections import ConfigDict
 from vidgen import generate
 from vidgen.models.text_encoder import Tokenizer
 from vidgen.train import checkpoint
+from vidgen.train.tasks import get_task
 
 log = logging.getLogger(__name__)
 FORMAT = "vidgen-inference-v1"
@@ -35,11 +36,7 @@ FORMAT = "vidgen-inference-v1"
 
 def build_task_model(config: ConfigDict, rngs: nnx.Rngs) -> nnx.Module:
     """The trainable module of the task config.task names (vidgen/train/tasks)."""
-    from vidgen.train.tasks import dit, vae      # the tasks pull in every model
-    builders = {"dit": dit.build_model, "vae": vae.build_model}
-    if config.task not in builders:
-        raise ValueError(f"config.task={config.task!r}: expected one of {sorted(builders)}")
-    return builders[config.task](config, rngs)
+    return get_task(config.task).build_model(config, rngs)
 
 
 def load_run(workdir: str, step: int | None = None) -> tuple[nnx.Module, ConfigDict, dict]:

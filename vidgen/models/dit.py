@@ -121,7 +121,6 @@ class DiTConfig(FromDict):
                              f"of {IMPLEMENTATIONS}")
         check_dtypes(self, "dtype", "param_dtype")
 
-
     @property
     def head_dim(self) -> int:
         return self.hidden_dim // self.num_heads

@@ -26,7 +26,7 @@ import numpy as np
 import sentencepiece as spm
 from flax import nnx
 
-from vidgen.config_dataclass import FromDict
+from vidgen.config_dataclass import FromDict, check_dtypes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +56,7 @@ class TextEncoderConfig(FromDict):
             raise ValueError(f"TextEncoderConfig.relative_attention_max_distance="
                              f"{self.relative_attention_max_distance}: must exceed "
                              f"relative_attention_num_buckets // 4")
-        for name in ("dtype", "param_dtype"):
-            try:
-                jnp.dtype(getattr(self, name))
-            except TypeError as e:
-                raise ValueError(f"TextEncoderConfig.{name}={getattr(self, name)!r}: not a "
-                                 "dtype") from e
-
+        check_dtypes(self, "dtype", "param_dtype")
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:

@@ -61,7 +61,6 @@ class VAEConfig(FromDict):
                 raise ValueError(f"VAEConfig.{name}={getattr(self, name)}: must be >= 1")
         check_dtypes(self, "dtype", "param_dtype")
 
-
     @property
     def spatial_factor(self) -> int:
         return self.patch_size * 2 ** (len(self.channel_mults) - 1)

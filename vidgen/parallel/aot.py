@@ -33,7 +33,6 @@ Where each number of the report comes from (estimates all; none is measured on a
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 
 import jax
@@ -101,15 +100,6 @@ def abstract_batch(config: ConfigDict, bucket: Bucket, mesh: Mesh) -> dict:
         raise ValueError(f"config.task={config.task!r}: no AOT batch for it (dit, vae)")
     return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
             for k, (shape, dtype) in shapes.items()}
-
-
-def load_task(name: str) -> Task:
-    """The TASK of vidgen/train/tasks/{name}.py."""
-    if name not in ("dit", "vae"):
-        raise ValueError(f"config.task={name!r}: unknown task, expected dit or vae")
-    return importlib.import_module(f"vidgen.train.tasks.{name}").TASK
-
-
 
 
 def lower_train_step(task: Task, config: ConfigDict, mesh: Mesh,

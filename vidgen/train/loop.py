@@ -67,9 +67,6 @@ def validate_config(config: ConfigDict, num_devices: int | None = None) -> None:
 def _init_from(task: Task, plan: state_lib.StatePlan, state, config: ConfigDict):
     """The freshly born state with the weights of config.init_from (task.init_from places each
     into its sharding) as params and EMA; optimizer moments stay zero."""
-    if task.init_from is None:
-        raise ValueError(f"config.init_from={config.init_from!r}: the {task.name} task cannot "
-                         "start from imported weights")
     model = nnx.merge(plan.graphdef, state.params, state.rest)
     task.init_from(config, model)
     params = nnx.state(model, nnx.Param)
@@ -150,6 +147,9 @@ def train(task: Task, config: ConfigDict, workdir: str, train_iter, eval_clips: 
     stopped the run early (after saving a checkpoint to resume from).
     """
     validate_config(config, len(devices) if devices is not None else None)
+    if config.get("init_from") and task.init_from is None:    # before building any state
+        raise ValueError(f"config.init_from={config.init_from!r}: the {task.name} task cannot "
+                         "start from imported weights")
     os.makedirs(workdir, exist_ok=True)
     total, limit = config.total_steps, config.max_nonfinite_steps
     # --- Mesh -----------------------------------------------------------------------------

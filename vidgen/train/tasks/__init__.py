@@ -3,12 +3,14 @@
 The loop owns everything task-agnostic (mesh, sharded state, optimizer, EMA, checkpoints, metrics,
 preemption); a task says how to build its model, what its loss is, how to evaluate, and which
 configs it accepts. Each task module (e.g. vidgen/train/tasks/vae.py) exports one `TASK`.
-`load_pretrained_into` is the shared half of the tasks' init_from hooks.
+`get_task` finds a task by config.task; `load_pretrained_into` is the shared half of the tasks'
+init_from hooks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterable, Sequence
 
 import jax
@@ -86,3 +88,15 @@ def load_pretrained_into(target: nnx.Module, load: Callable[..., nnx.Module], pa
         var.set_value(jax.make_array_from_callback(host.shape, var.get_value().sharding,
                                                    lambda index, host=host: host[index]))
     nnx.update(target, params)
+
+
+TASK_NAMES = ("dit", "vae")
+
+
+def get_task(name: str) -> Task:
+    """The TASK of vidgen/train/tasks/{name}.py (imported only when asked for: each pulls in its
+    models); raises naming the known tasks."""
+    if name not in TASK_NAMES:
+        raise ValueError(f"config.task={name!r}: unknown task, expected one of "
+                         f"{sorted(TASK_NAMES)}")
+    return importlib.import_module(f"vidgen.train.tasks.{name}").TASK

@@ -140,21 +140,24 @@ def prepare_batch(config: ConfigDict) -> Callable[[dict], dict]:
         encoder = _frozen_text_encoder(config.text.pretrained)
         graphdef, state = nnx.split(encoder)
         null_ids, null_mask = _tokenizer(config.text.tokenizer, config.text.max_length)([""])
-        frozen_text = (graphdef, state, jnp.asarray(null_ids), jnp.asarray(null_mask))
+        frozen_text = (graphdef, state, jnp.asarray(null_mask)[0])
+        null_context = functools.cache(     # the empty prompt's features: once, on first use
+            lambda: generate._encode_text(graphdef, state, jnp.asarray(null_ids),
+                                          jnp.asarray(null_mask))[0])
 
     def prepare(batch: dict) -> dict:
         out = {k: v for k, v in batch.items() if k != "video"}
         if "video" in batch:             # not for precomputed latents or packed tokens
             out["latents"] = latent_fn()(batch["video"])
         if frozen_text is not None:
-            graphdef, state, null_ids, null_mask = frozen_text
+            graphdef, state, null_mask = frozen_text
             if "context" not in out:     # [B, Lt] ids, or [B, S, Lt] of packed rows
                 ids, mask = batch["text_ids"], batch["text_mask"]
                 flat = generate._encode_text(graphdef, state, ids.reshape(-1, ids.shape[-1]),
                                              mask.reshape(-1, ids.shape[-1]))
                 out["context"] = flat.reshape(ids.shape + flat.shape[-1:])
-            out["null_context"] = generate._encode_text(graphdef, state, null_ids, null_mask)[0]
-            out["null_mask"] = null_mask[0]
+            out["null_context"] = null_context()
+            out["null_mask"] = null_mask
         return out
 
     return prepare
