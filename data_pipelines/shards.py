@@ -12,12 +12,17 @@ import io
 import json
 import os
 import struct
+import threading
 from collections.abc import Iterable
 
 import numpy as np
 from array_record.python import array_record_module
 
 _HEADER = struct.Struct("<I")
+# np.load parses the .npy header with ast.literal_eval, and CPython 3.11's AST constructor keeps
+# its recursion depth in interpreter-wide state: grain's reader threads parsing at once can fail
+# with "SystemError: AST constructor recursion depth mismatch" (seen mid-run; cpython#106905).
+_NPY_LOAD = threading.Lock()
 
 
 def encode_record(meta: dict, video: bytes) -> bytes:
@@ -49,8 +54,9 @@ def array_to_bytes(array: np.ndarray) -> bytes:
 
 
 def array_from_bytes(data: bytes) -> np.ndarray:
-    """The inverse of array_to_bytes."""
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """The inverse of array_to_bytes (safe to call from many threads at once)."""
+    with _NPY_LOAD:
+        return np.load(io.BytesIO(data), allow_pickle=False)
 
 
 def shard_path(out_dir: str, prefix: str, index: int, count: int) -> str:

@@ -1,6 +1,11 @@
 """data_pipelines.shards: record format round trip and shard files readable through grain."""
 
+import concurrent.futures
+import threading
+import time
+
 import grain
+import numpy as np
 import pytest
 
 from data_pipelines import shards
@@ -28,3 +33,30 @@ def test_write_and_find_shards(tmp_path):
     assert got == records
     with pytest.raises(FileNotFoundError, match="eval"):
         shards.find_shards(str(tmp_path), "eval")
+
+
+def test_latent_payloads_parse_one_thread_at_a_time(monkeypatch):
+    """array_from_bytes never runs np.load (an ast parse of the .npy header) in two threads at
+    once: concurrent parses break CPython 3.11's AST constructor, and grain reads in threads."""
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    data = shards.array_to_bytes(array)
+    inside, most, real_load = [0], [0], np.load
+    counter = threading.Lock()
+
+    def slow_load(*args, **kwargs):
+        with counter:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.01)                 # long enough that unserialised calls overlap
+        try:
+            return real_load(*args, **kwargs)
+        finally:
+            with counter:
+                inside[0] -= 1
+
+    monkeypatch.setattr(np, "load", slow_load)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: shards.array_from_bytes(data), range(16)))
+    assert most[0] == 1
+    for result in results:
+        np.testing.assert_array_equal(result, array)
