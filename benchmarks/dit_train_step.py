@@ -19,15 +19,10 @@ and ~18% of our step time. PyTorch reuses its buffers and barely notices (~15k f
 
 Model FLOP utilisation = analytic model FLOPs per step / step time / the machine's float32 matmul
 peak, measured here as the better of jnp.dot and torch.matmul on large square matrices. Model
-FLOPs per step = 3 x forward (backward = 2 x forward; no remat recompute), counting 2 FLOPs per
-multiply-add of every matmul, with N video tokens, M text tokens, width D, MLP width F, text width
-E, per-token patch features P_in / P_out, per sample:
-  per layer  2N*4D^2 (q,k,v,o) + 4N^2*D (scores, values) + 2N*2D^2 (cross q,o) + 2M*2D^2 (cross
-             k,v) + 4N*M*D (cross scores, values) + 2N*2DF (MLP)
-  once       2N*P_in*D + 2N*D*P_out (patch in/out) + 2M*(E*D + D^2) (text embedder)
-Timestep embedding, norms, modulation and the optimizer are left out (< 1% here). The count is
-cross-checked against XLA's cost analysis of the same step with a Python layer loop (XLA counts a
-scan's body once).
+FLOPs per step: vidgen.train.flops.dit_model_flops (3 x forward, every matmul and attention
+product, no remat recompute) times the batch; timestep embedding, norms, modulation and the
+optimizer are left out (< 1% here). The count is cross-checked against XLA's cost analysis of
+the same step with a Python layer loop (XLA counts a scan's body once).
 
     python benchmarks/dit_train_step.py [--layers=4 --hidden=512 --heads=8 --frames=4 --size=32
                                          --text_len=64 --steps=3 --torch_compile=1
@@ -40,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -74,16 +68,7 @@ from flax import nnx            # noqa: E402
 
 from vidgen.interop import wan_dit            # noqa: E402
 from vidgen.models.dit import DiT, DiTConfig   # noqa: E402
-
-
-def model_flops(cfg: DiTConfig, batch: int, tokens: int, text_len: int) -> float:
-    """Analytic FLOPs of one train step (3 x forward), see the module docstring."""
-    n, m, d, f = tokens, text_len, cfg.hidden_dim, cfg.mlp_dim
-    p_out = math.prod(cfg.patch_size) * cfg.out_channels
-    layer = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * m * d * d + 4 * n * m * d \
-        + 4 * n * d * f
-    once = 2 * n * cfg.patch_features * d + 2 * n * d * p_out + 2 * m * (cfg.text_dim * d + d * d)
-    return 3.0 * batch * (cfg.num_layers * layer + once)
+from vidgen.train import flops as flops_lib     # noqa: E402
 
 
 def _seconds_per_call(fn, calls: int, warmup: int = 1) -> float:
@@ -243,7 +228,7 @@ def main() -> None:
 
     theirs, ours, batch = build(args)
     cfg, tokens = ours.config, args.frames * (args.size // 2) ** 2
-    flops = model_flops(cfg, args.batch, tokens, args.text_len)
+    flops = args.batch * sum(flops_lib.dit_model_flops(cfg, tokens, args.text_len).values())
     print(f"DiT: {args.layers} layers, hidden {args.hidden}, {args.heads} heads, mlp "
           f"{cfg.mlp_dim}, batch {args.batch} x {tokens} video tokens, {args.text_len} text "
           f"tokens, float32; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}")

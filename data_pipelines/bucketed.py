@@ -153,14 +153,10 @@ def decode_to_bucket(meta: dict, video: bytes, bucket: buckets.Bucket,
     decode.decode_clip), turned upright by the record's `rotation`. Raises ValueError
     (VideoDecodeError) on an undecodable video."""
     info = buckets.clip_info(meta, video)
-    quarter_turns = int(meta.get("rotation") or 0) // 90 % 4
-    h, w = (bucket.width, bucket.height) if quarter_turns % 2 else (bucket.height, bucket.width)
-    frames, padded = decode.decode_clip(
-        video, num_available=info.num_frames, num_frames=bucket.num_frames, height=h, width=w,
-        rng=rng, frame_stride=table.frame_stride(info.fps))
-    if quarter_turns:               # clockwise turns that make the frames upright
-        frames = np.ascontiguousarray(np.rot90(frames, k=-quarter_turns, axes=(1, 2)))
-    return frames, padded
+    return decode.decode_clip(
+        video, num_available=info.num_frames, num_frames=bucket.num_frames,
+        height=bucket.height, width=bucket.width, rng=rng,
+        frame_stride=table.frame_stride(info.fps), rotation=meta.get("rotation") or 0)
 
 
 @dataclasses.dataclass(frozen=True)

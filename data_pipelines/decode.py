@@ -87,19 +87,26 @@ def stride_for(num_available: int, num_frames: int, frame_stride: int) -> int:
 
 
 def decode_clip(video: bytes, *, num_available: int, num_frames: int, height: int, width: int,
-                rng: np.random.Generator | None = None,
-                frame_stride: int = 1) -> tuple[np.ndarray, int]:
-    """Decodes one training (rng given) or eval (rng None) clip to uint8 [num_frames, H, W, 3],
-    taking every `frame_stride`-th frame (0: spread over the whole clip, see stride_for).
+                rng: np.random.Generator | None = None, frame_stride: int = 1,
+                rotation: int = 0) -> tuple[np.ndarray, int]:
+    """Decodes one training (rng given) or eval (rng None) clip to upright uint8
+    [num_frames, height, width, 3], taking every `frame_stride`-th frame (0: spread over the
+    whole clip, see stride_for); `rotation` is the record's clockwise degrees (0, 90, 180, 270)
+    that turn the decoded frames upright (data_pipelines/manifest.py).
 
     Only frames up to the window's end are decoded. Returns the frames and how many trailing
     frames are repeats of the last real one (clips shorter than the window). Raises
     `vidgen.io.video.VideoDecodeError` if the bytes cannot be decoded.
     """
+    quarter_turns = int(rotation) // 90 % 4
+    coded_hw = (width, height) if quarter_turns % 2 else (height, width)
     stride = stride_for(num_available, num_frames, frame_stride)
     start = choose_window(num_available, (num_frames - 1) * stride + 1, rng)
     frames = video_io.read_video(video, start=start, num_frames=num_frames, stride=stride)
     frames, num_padded = pad_to_length(frames, num_frames)
-    scaled_hw = cover_size(frames.shape[1:3], (height, width))
-    top_left = choose_crop(scaled_hw, (height, width), rng)
-    return resize_crop(frames, scaled_hw, (height, width), top_left), num_padded
+    scaled_hw = cover_size(frames.shape[1:3], coded_hw)
+    top_left = choose_crop(scaled_hw, coded_hw, rng)
+    frames = resize_crop(frames, scaled_hw, coded_hw, top_left)
+    if quarter_turns:
+        frames = np.ascontiguousarray(np.rot90(frames, k=-quarter_turns, axes=(1, 2)))
+    return frames, num_padded

@@ -102,7 +102,8 @@ class ClipDecoder:
             num_available = meta.get("num_frames") or video_io.probe_video(video).num_frames
             frames, padded = decode.decode_clip(
                 video, num_available=int(num_available), num_frames=self.num_frames,
-                height=self.height, width=self.width, rng=rng, frame_stride=self.frame_stride)
+                height=self.height, width=self.width, rng=rng, frame_stride=self.frame_stride,
+                rotation=meta.get("rotation") or 0)
         except video_io.VideoDecodeError as e:
             log.warning("skipping clip %r (record %d): %s", meta.get("id"), record_index, e)
             return None

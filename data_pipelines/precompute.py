@@ -37,17 +37,13 @@ import time
 from collections.abc import Iterator, Sequence
 
 import grain
-import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
 from absl import app, flags
-from flax import nnx
 from ml_collections import config_flags
 
 from data_pipelines import bucketed, buckets, pipeline, shards
-from vidgen.interop import hf_t5
-from vidgen.models.text_encoder import Tokenizer
 from vidgen.train.tasks import dit as dit_task
 
 
@@ -118,11 +114,8 @@ class FrozenText:
 
     def encode_fn(self):
         """metas -> float32 features [B, Lt, D] of their captions."""
-        graphdef, state = nnx.split(hf_t5.load_pretrained(self.encoder_path))
-        tokenizer = Tokenizer(self.tokenizer_path, self.max_length)
-        run = jax.jit(lambda s, ids, mask: nnx.merge(graphdef, s)(ids, mask))
-        return lambda metas: np.asarray(run(state, *tokenizer(
-            [m[self.caption_field] for m in metas])), np.float32)
+        encode = dit_task.caption_encoder(self.encoder_path, self.tokenizer_path, self.max_length)
+        return lambda metas: encode([m[self.caption_field] for m in metas])
 
 
 def _payload(latents: np.ndarray, context: np.ndarray | None) -> bytes:

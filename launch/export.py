@@ -87,8 +87,7 @@ def export_stablehlo(workdir: str, out: str, step: int | None = None, *, batch: 
     d, vcfg = config.data, vae.config
     frames, h, w = num_frames or d.num_frames, height or d.height, width or d.width
     vae.check_video((batch, frames, h, w, vcfg.in_channels))
-    latent = (1 + (frames - 1) // vcfg.temporal_factor, h // vcfg.spatial_factor,
-              w // vcfg.spatial_factor)
+    latent = vcfg.latent_shape(frames, h, w)[:3]
     kw = dict(batch=batch, platforms=platforms or None)
     stablehlo.export_vae_decoder(vae, out, latent_shape=latent, **kw)
     if config.task == "vae":

@@ -88,8 +88,7 @@ class VideoGenerator:
         """(t, h, w, C) of the latents of a num_frames x height x width clip; raises naming a
         size the VAE cannot produce."""
         self.vae.check_video((1, num_frames, height, width, self.vae.config.in_channels))
-        tf, sf = self.vae.config.temporal_factor, self.vae.config.spatial_factor
-        return (1 + (num_frames - 1) // tf, height // sf, width // sf, self.vae.config.z_channels)
+        return self.vae.config.latent_shape(num_frames, height, width)
 
     def generate(self, prompts: Sequence[str], *, num_frames: int, height: int, width: int,
                  settings: samplers.SamplerConfig = samplers.SamplerConfig(cfg_scale=4.0),

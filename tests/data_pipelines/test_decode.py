@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from data_pipelines import decode
+from data_pipelines import decode, pipeline, shards
 from vidgen.io import video as video_io
 
 
@@ -117,3 +117,27 @@ def test_strided_windows_take_every_nth_frame(frame_stride, num_available, want_
     brightness = got[:, :, 0, 0].mean(axis=1)                  # the ramp's left edge
     assert np.abs(brightness - want).max() <= 3.0
     assert padded == max(9 - len(range(start, num_available, want_stride)), 0)
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_records_decode_upright_on_every_path(rotation):
+    """A record's `rotation` (clockwise degrees that make it upright) is applied by decode_clip,
+    so the fixed-shape pipeline (ClipDecoder: training, eval, precompute) and the bucketed one
+    return the same upright frames of the requested height x width."""
+    coded = np.zeros((3, 16, 32, 3), np.uint8)
+    coded[:, :8, :8] = 250                                  # a bright top-left corner
+    video = video_io.encode_video(coded, fps=8.0)
+    turns = rotation // 90
+    height, width = (32, 16) if turns % 2 else (16, 32)
+    plain, _ = decode.decode_clip(video, num_available=3, num_frames=3, height=16, width=32)
+    want = np.rot90(plain, k=-turns, axes=(1, 2))
+    got, _ = decode.decode_clip(video, num_available=3, num_frames=3, height=height, width=width,
+                                rotation=rotation)
+    np.testing.assert_array_equal(got, want)
+    corner = {90: (slice(None, 8), slice(-8, None)), 180: (slice(-8, None), slice(-8, None)),
+              270: (slice(-8, None), slice(None, 8))}[rotation]   # where top-left goes
+    assert got[:, corner[0], corner[1]].mean() > 200
+    record = shards.encode_record({"id": "phone", "num_frames": 3, "rotation": rotation}, video)
+    decoder = pipeline.ClipDecoder(1, 3, height, width, seed=None)
+    _, from_pipeline, _ = decoder.decode((0, record))
+    np.testing.assert_array_equal(from_pipeline, want)

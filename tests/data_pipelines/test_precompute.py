@@ -150,7 +150,7 @@ def test_frozen_text_features_are_stored_and_read_back_by_the_dit_task(data, tmp
     for _, var in nnx.to_flat_state(nnx.state(encoder, nnx.Param)):
         var.set_value(np.asarray(rng.normal(size=var.shape), np.float32))
     encode = nnx.jit(lambda m, ids, mask: m(ids, mask))
-    monkeypatch.setattr(precompute.hf_t5, "load_pretrained", lambda path: encoder)
+    monkeypatch.setattr(dit_task.hf_t5, "load_pretrained", lambda path: encoder)
     _, stored = _run([f"--checkpoint={data}/vae", f"--shards={data}", "--num_frames=5",
                       "--height=16", "--width=24", f"--text_encoder={tmp_path}/t5",
                       f"--tokenizer={tok}", "--max_length=8"], tmp_path)

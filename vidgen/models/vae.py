@@ -74,6 +74,12 @@ class VAEConfig(FromDict):
     def temporal_factor(self) -> int:
         return 2 ** sum(bool(t) for t in self.temporal_downsample)
 
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(t, h, w, z_channels) of the latents of a num_frames x height x width clip (sizes
+        CausalVAE.check_video accepts)."""
+        return (1 + (num_frames - 1) // self.temporal_factor, height // self.spatial_factor,
+                width // self.spatial_factor, self.z_channels)
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)

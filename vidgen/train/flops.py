@@ -35,9 +35,7 @@ KERNEL_BACKWARD = {"splash": 14, "splash_fused": 10, "blocked": 10}
 def latent_shape(num_frames: int, height: int, width: int, channels: int) -> tuple[int, ...]:
     """(t, h, w, C) latents of a clip under the production VAE's compression (VAEConfig's
     defaults: Wan 2.1's 4x8x8)."""
-    vae = VAEConfig()
-    tf, sf = vae.temporal_factor, vae.spatial_factor
-    return (1 + (num_frames - 1) // tf, height // sf, width // sf, channels)
+    return VAEConfig(z_channels=channels).latent_shape(num_frames, height, width)
 
 
 def dit_tokens(config: ConfigDict, num_frames: int, height: int, width: int) -> int:

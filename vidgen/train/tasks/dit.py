@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +90,21 @@ def _tokenizer(path: str, max_length: int) -> Tokenizer:
 @functools.lru_cache(maxsize=4)
 def _frozen_text_encoder(path: str) -> TextEncoder:
     return hf_t5.load_pretrained(path)
+
+
+def caption_encoder(encoder_path: str, tokenizer_path: str,
+                    max_length: int) -> Callable[[Sequence[str]], np.ndarray]:
+    """captions -> float32 features [B, Lt, D] of a frozen pretrained text encoder (a frozen-text
+    run's `context`; data_pipelines/precompute.py stores them beside the latents)."""
+    graphdef, state = nnx.split(_frozen_text_encoder(encoder_path))
+    tokenizer = _tokenizer(tokenizer_path, max_length)
+
+    def encode(captions: Sequence[str]) -> np.ndarray:
+        ids, mask = tokenizer(list(captions))
+        features = generate._encode_text(graphdef, state, jnp.asarray(ids), jnp.asarray(mask))
+        return np.asarray(features, np.float32)
+
+    return encode
 
 
 def example_fields(config: ConfigDict) -> Callable[[dict], dict[str, np.ndarray]]:
