@@ -218,11 +218,12 @@ def in_workers(ds: grain.IterDataset, num_workers: int) -> PinWorkerCount:
 
 
 def load_eval_clips(shard_paths: Sequence[str], *, num_frames: int, height: int, width: int,
-                    num_clips: int | None, frame_stride: int = 1) -> dict:
+                    num_clips: int | None, frame_stride: int = 1,
+                    allow_fewer: bool = False) -> dict:
     """The first `num_clips` decodable clips in file order, centre window and centre crop.
 
     For held-out evaluation: the same clips and pixels every call (`num_clips=None`: all of
-    them). Returns {"video": uint8 [N, T, H, W, 3], "id": list of clip ids, "meta": list of
+    them). Fewer decodable clips than `num_clips` raise ValueError unless `allow_fewer`. Returns {"video": uint8 [N, T, H, W, 3], "id": list of clip ids, "meta": list of
     record metadata, "skipped": number of undecodable records passed over}.
     """
     records = tagged_records(shard_paths)
@@ -236,7 +237,7 @@ def load_eval_clips(shard_paths: Sequence[str], *, num_frames: int, height: int,
             clips.append(decoded)
         else:
             skipped += 1
-    if num_clips is not None and len(clips) < num_clips:
+    if num_clips is not None and len(clips) < num_clips and not allow_fewer:
         raise ValueError(f"asked for {num_clips} eval clips, only {len(clips)} decodable in "
                          f"{len(records)} records of {list(shard_paths)}")
     return {"video": np.stack([frames for _, frames, _ in clips]),

@@ -89,11 +89,9 @@ def _real_clips(data_path: str, split: str, num_real: int, frame_stride: int):
         return None
 
     def load(num_frames: int, height: int, width: int):
-        size = dict(num_frames=num_frames, height=height, width=width, frame_stride=frame_stride)
-        try:
-            return pipeline.load_eval_clips(paths, num_clips=num_real, **size)["video"]
-        except ValueError:       # fewer decodable clips than asked for: take them all
-            return pipeline.load_eval_clips(paths, num_clips=None, **size)["video"]
+        return pipeline.load_eval_clips(paths, num_frames=num_frames, height=height, width=width,
+                                        num_clips=num_real, frame_stride=frame_stride,
+                                        allow_fewer=True)["video"]
 
     return load
 

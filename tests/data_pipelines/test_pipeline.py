@@ -200,6 +200,9 @@ def test_eval_clips_are_first_decodable_centre_crops(corrupt_paths):
     np.testing.assert_array_equal(again["video"], clips["video"])
     with pytest.raises(ValueError, match="only 4 decodable"):
         pipeline.load_eval_clips(corrupt_paths, num_clips=5, **SHAPE)
+    fewer = pipeline.load_eval_clips(corrupt_paths, num_clips=5, allow_fewer=True, **SHAPE)
+    assert fewer["id"] == clips["id"]             # every decodable clip, no error
+    np.testing.assert_array_equal(fewer["video"], clips["video"])
 
 
 def test_bad_arguments_name_the_culprit(paths):

@@ -35,10 +35,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
-import orbax.checkpoint as ocp
 
 from vidgen.diffusion import samplers
 from vidgen.evaluation import gallery
+from vidgen.train import checkpoint
 from vidgen.train import metrics as train_metrics
 
 log = logging.getLogger(__name__)
@@ -134,15 +134,7 @@ def read_run(workdir: str) -> tuple[str, ml_collections.ConfigDict, list[int]]:
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir} holds no checkpoints/ of a training run")
-    manager = ocp.CheckpointManager(directory)
-    try:
-        steps = sorted(manager.all_steps())
-        if not steps:
-            raise FileNotFoundError(f"no complete checkpoint in {directory}")
-        meta = manager.restore(steps[-1], args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
-    finally:
-        manager.close()
+    meta, _, steps = checkpoint.read_meta(directory)
     return meta["task"], ml_collections.ConfigDict(meta["config"]), steps
 
 

@@ -157,6 +157,25 @@ class PreemptionGuard:
             self._previous = None
 
 
+def _read_meta(manager: ocp.CheckpointManager, directory: str, step: int | None
+               ) -> tuple[dict, int]:
+    step = manager.latest_step() if step is None else step
+    if step is None or step not in manager.all_steps():
+        raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} "
+                                f"in {directory} (steps: {list(manager.all_steps())})")
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta, step
+
+
+def read_meta(directory: str, step: int | None = None) -> tuple[dict, int, list[int]]:
+    """(meta, step, every step) of a checkpoint directory's `step` (default: the newest): the
+    config and task saved with it, without reading any arrays."""
+    manager = ocp.CheckpointManager(os.path.abspath(directory))
+    try:
+        meta, step = _read_meta(manager, directory, step)
+        return meta, step, sorted(manager.all_steps())
+    finally:
+        manager.close()
+
 
 def load_trained_model(directory: str, build_model: Callable[[ConfigDict, nnx.Rngs], nnx.Module],
                        step: int | None = None) -> tuple[nnx.Module, ConfigDict, dict]:
@@ -167,11 +186,7 @@ def load_trained_model(directory: str, build_model: Callable[[ConfigDict, nnx.Rn
     state; `step` defaults to the newest checkpoint in `directory`."""
     manager = ocp.CheckpointManager(os.path.abspath(directory))
     try:
-        step = manager.latest_step() if step is None else step
-        if step is None or step not in manager.all_steps():
-            raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} "
-                                    f"in {directory} (steps: {list(manager.all_steps())})")
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        meta, step = _read_meta(manager, directory, step)
         config = ConfigDict(meta["config"])
         with nnx.use_eager_sharding(False):
             abstract_model = nnx.eval_shape(lambda: build_model(config, nnx.Rngs(0)))
