@@ -28,7 +28,7 @@ def clip_losses(clip: buckets.ClipInfo, bucket: buckets.Bucket,
     """(share of the resized clip's pixels the crop to the bucket cuts off, share of the clip's
     frames at the target rate outside the bucket's window)."""
     scaled = decode.cover_size((clip.height, clip.width), (bucket.height, bucket.width))
-    available = (clip.num_frames - 1) // table.frame_stride(clip.fps) + 1
+    available = table.frames_at_rate(clip)
     return (1 - bucket.height * bucket.width / (scaled[0] * scaled[1]),
             1 - min(bucket.num_frames, available) / available)
 

@@ -159,6 +159,10 @@ class BucketTable:
         """Every how many frames a clip at `fps` is read to reach the target rate."""
         return max(1, round(fps / self.fps)) if self.fps > 0 and fps > 0 else 1
 
+    def frames_at_rate(self, clip: ClipInfo) -> int:
+        """How many of the clip's frames a read at the table's frame rate can take."""
+        return (clip.num_frames - 1) // self.frame_stride(clip.fps) + 1
+
     @functools.cached_property
     def _by_aspect(self) -> dict[str, list[int]]:
         """Bucket indices per aspect ratio, largest first."""
@@ -176,7 +180,7 @@ class BucketTable:
         """The bucket `clip` goes to (see the module docstring), or None if it fills none."""
         if min(clip.num_frames, clip.height, clip.width) < 1:
             return None
-        available = (clip.num_frames - 1) // self.frame_stride(clip.fps) + 1
+        available = self.frames_at_rate(clip)
         for k in self._by_aspect[self.nearest_aspect(clip.height, clip.width)]:
             b = self.buckets[k]
             if (enabled is None or enabled[k]) and b.weight > 0 and b.num_frames <= available \
