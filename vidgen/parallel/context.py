@@ -49,16 +49,12 @@ class Layout:
 def plan(q_shape: tuple[int, ...], k_shape: tuple[int, ...]) -> Layout:
     """The Layout for q [(B,) Lq, H, K] and k [(B,) Lk, H, K] under the current mesh and
     rules; raises when the heads do not split as the mesh asks."""
-    batch = mesh_lib.active_axes("act_batch") if len(q_shape) == 4 else ()
-    if batch and q_shape[0] % mesh_lib.axes_size(batch):
-        batch = ()
-    heads, tokens = mesh_lib.active_axes("act_heads"), mesh_lib.active_axes("act_len")
     (lq, h), lk = q_shape[-3:-1], k_shape[-3]
+    batch = mesh_lib.dividing_axes("act_batch", q_shape[0]) if len(q_shape) == 4 else ()
+    heads, tokens = mesh_lib.active_axes("act_heads"), mesh_lib.dividing_axes("act_len", lq)
     if h % mesh_lib.axes_size(heads):
         raise ValueError(f"attention: {h} heads do not split over the act_heads mesh axes "
                          f"{heads} ({mesh_lib.axes_size(heads)} devices)")
-    if tokens and lq % mesh_lib.axes_size(tokens):
-        tokens = ()
     ulysses = bool(tokens) and lq == lk
     ways = mesh_lib.axes_size(heads + tokens)
     if ulysses and h % ways:

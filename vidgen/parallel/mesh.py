@@ -190,14 +190,17 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
+def dividing_axes(logical: str, size: int) -> tuple[str, ...]:
+    """The active mesh axes of a logical axis (active_axes) if they divide `size`, else ()."""
+    axes = active_axes(logical)
+    return () if axes and size % axes_size(axes) else axes
+
+
 def batch_spmd_axes(batch_size: int) -> tuple[str, ...] | None:
     """The mesh axes a vmap over `batch_size` examples should name as its spmd_axis_name (so
     shardings inside per-example code keep the batch split over act_batch's axes), or None
     when those axes split nothing or do not divide the batch."""
-    axes = active_axes("act_batch")
-    if not axes or batch_size % axes_size(axes):
-        return None
-    return axes
+    return dividing_axes("act_batch", batch_size) or None
 
 
 def logical_to_spec(names: Sequence[str | None], rules: LogicalRules) -> PartitionSpec:
