@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from vidgen.io.video import check_frames
+
 GRID = 4
 NUM_FEATURES = 2 * GRID * GRID * 3 + GRID * GRID
 
 
 def _unit(videos: np.ndarray) -> np.ndarray:
-    videos = np.asarray(videos)
-    if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
-        raise ValueError(f"videos must be uint8 [B, T, H, W, 3]; got {videos.dtype} "
-                         f"{videos.shape}")
-    return videos.astype(np.float32) / 255.0
+    return check_frames(videos, "videos", batched=True).astype(np.float32) / 255.0
 
 
 def temporal_consistency(videos: np.ndarray) -> np.ndarray:

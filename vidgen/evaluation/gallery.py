@@ -94,7 +94,12 @@ def write(path: str, title: str, notes: Sequence[str], row_labels: Sequence[str]
             if slot is not None and os.path.isabs(slot.video):
                 raise ValueError(f"gallery video paths must be relative to {folder}: "
                                  f"{slot.video}")
-    page = render(title, notes, row_labels, columns)
+    write_atomically(path, render(title, notes, row_labels, columns))
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Writes text to path through a temporary file, so readers see the old or the new file,
+    never a part."""
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(page)
+        f.write(text)
     os.replace(path + ".tmp", path)

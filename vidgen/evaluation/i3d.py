@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from vidgen.interop import tensors
+from vidgen.io.video import check_frames
 
 BN_EPS = 1e-5
 SIZE = 224
@@ -181,10 +182,7 @@ class I3D(nnx.Module):
 def preprocess(videos: np.ndarray) -> jax.Array:
     """uint8 [B, T, H, W, 3] -> float32 [B, T', 224, 224, 3] in [-1, 1]: bilinear resize
     without antialiasing; clips of fewer than MIN_FRAMES frames stretched to STRETCH_FRAMES."""
-    videos = np.asarray(videos)
-    if videos.ndim != 5 or videos.shape[-1] != 3 or videos.dtype != np.uint8:
-        raise ValueError(f"videos must be uint8 [B, T, H, W, 3]; got {videos.dtype} "
-                         f"{videos.shape}")
+    videos = check_frames(videos, "videos", batched=True)
     frames = videos.shape[1]
     if frames < MIN_FRAMES:
         videos = videos[:, np.arange(STRETCH_FRAMES) * frames // STRETCH_FRAMES]

@@ -159,9 +159,7 @@ def load_result(out_dir: str, key: str, want_fingerprint: str) -> dict | None:
 
 def _save_json(path: str, payload: Any) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-    os.replace(path + ".tmp", path)
+    gallery.write_atomically(path, json.dumps(payload, indent=1))
 
 
 def write_table(out_dir: str, results: Sequence[dict], info: dict | None = None) -> list[dict]:

@@ -34,6 +34,7 @@ import numpy as np
 
 from vidgen.evaluation.world_segment import (OPPONENT, PALETTE, Track, fit_background,
                                              track_colour, unmix)
+from vidgen.io.video import check_frames
 
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MIN_MASS = 0.0015       # smallest blob counted, as a fraction of a scene unit squared
@@ -238,8 +239,7 @@ def _counted(track: Track) -> int:
 
 def grade_clip(video: np.ndarray, scene: dict) -> dict[str, bool | None]:
     """Checks a uint8 clip [T, H, W, 3] against the scene its prompt describes (module doc)."""
-    if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-        raise ValueError(f"video must be uint8 [T, H, W, 3], got {video.dtype} {video.shape}")
+    video = check_frames(video, "video")
     unit = video_unit(video, scene)
     background = fit_background(video)
     palette = _palette(scene)

@@ -96,10 +96,18 @@ def read_video(src: VideoSource, *, start: int = 0, num_frames: int | None = Non
     return np.stack(frames)
 
 
-def _write(target: str | io.BytesIO, frames: np.ndarray, fps: float, crf: int) -> None:
+def check_frames(frames: np.ndarray, what: str = "frames", batched: bool = False) -> np.ndarray:
+    """`frames` as a NumPy array, if it is uint8 RGB video ([T, H, W, 3], or [B, T, H, W, 3]
+    when batched); raises ValueError naming `what` otherwise."""
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    rank, layout = (5, "[B, T, H, W, 3]") if batched else (4, "[T, H, W, 3]")
+    if frames.ndim != rank or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 {layout}, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def _write(target: str | io.BytesIO, frames: np.ndarray, fps: float, crf: int) -> None:
+    frames = check_frames(frames)
     if frames.shape[1] % 2 or frames.shape[2] % 2:
         raise ValueError(f"h264 needs even height and width, got {frames.shape[1:3]}")
     with av.open(target, mode="w", format="mp4") as container:
