@@ -223,8 +223,9 @@ def load_eval_clips(shard_paths: Sequence[str], *, num_frames: int, height: int,
     """The first `num_clips` decodable clips in file order, centre window and centre crop.
 
     For held-out evaluation: the same clips and pixels every call (`num_clips=None`: all of
-    them). Fewer decodable clips than `num_clips` raise ValueError unless `allow_fewer`. Returns {"video": uint8 [N, T, H, W, 3], "id": list of clip ids, "meta": list of
-    record metadata, "skipped": number of undecodable records passed over}.
+    them); fewer decodable clips than `num_clips` raise ValueError unless `allow_fewer`.
+    Returns {"video": uint8 [N, T, H, W, 3], "id": list of clip ids, "meta": list of record
+    metadata, "skipped": number of undecodable records passed over}.
     """
     records = tagged_records(shard_paths)
     decoder = ClipDecoder(len(records), num_frames, height, width, seed=None,

@@ -128,7 +128,8 @@ def test_remat_policies_give_identical_outputs_and_gradients():
 def test_save_attention_does_not_run_self_attention_forward_again():
     """Under 'save_attention' the backward pass reuses each self-attention kernel's output and
     log-sum-exp: the compiled gradient does the FLOPs of 'full' less one self-attention forward
-    (4 L^2 D per layer for the scores and values, plus its softmax), and still recomputes the rest."""
+    (4 L^2 D per layer for the scores and values, plus its softmax), and still recomputes the
+    rest."""
     x, t, context, mask = _inputs((1, 2, 16, 16, 4), seed=2)
     model = _model(seed=2)
 
