@@ -37,7 +37,7 @@ python -m launch.train --config=launch/configs/vae_tiny.py --workdir="${VAE_DIR}
 stage "4/6 training clips -> VAE latents, once -> ${LATENTS}"
 if [[ ! -d "${LATENTS}/shards" ]]; then
   python -m data_pipelines.precompute --checkpoint="${VAE_DIR}" --shards="${WORLD}" \
-    --num_frames=5 --height=64 --width=64 --frame_stride=0 --out="${LATENTS}"
+    --num_frames=5 --height=96 --width=96 --frame_stride=0 --out="${LATENTS}"
 fi
 
 stage "5/6 tiny DiT -> ${DIT_DIR} (resumes if interrupted)"

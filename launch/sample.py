@@ -1,7 +1,7 @@
 r"""Samples videos from a trained dit run: one mp4 per prompt and a PNG contact sheet.
 
     python -m launch.sample --checkpoint=runs/demo/dit_tiny --prompt="a red ball moves left" \
-        --num_frames=5 --height=64 --width=64 --cfg=4 --steps=20 --sampler=euler --seed=0 \
+        --num_frames=5 --height=96 --width=96 --cfg=4 --steps=20 --sampler=euler --seed=0 \
         --out=runs/demo/samples
 
 `--prompts_file` takes the prompt files launch/evaluate.py takes (vidgen/evaluation/sweep.py's

@@ -207,22 +207,29 @@ def evaluate(model: VAETrainModel, eval_clips: dict, workdir: str, step: int,
     comparison mp4s and strip.png to {workdir}/eval/step_{step:07d}/. Returns mean PSNR/SSIM."""
     videos = np.asarray(eval_clips["video"])
     ev = config.get("eval", ConfigDict())
-    graphdef, state = nnx.split(model.vae)
+    recons, psnrs, ssims = reconstruct_clips(model.vae, videos, ev.get("batch_size", 4))
+    if jax.process_index() == 0:
+        num = ev.get("num_videos", 4)
+        out_dir = os.path.join(workdir, "eval", f"step_{step:07d}")
+        ids = eval_clips.get("id")
+        _write_samples(out_dir, videos[:num], recons[:num],
+                       None if ids is None else list(ids)[:num], ev.get("fps", 8.0))
+    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
+
+
+def reconstruct_clips(vae: nnx.Module, videos: np.ndarray, batch_size: int = 4
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a VAE keeps of uint8 clips [N, T, H, W, 3]: their posterior-mode reconstructions
+    (uint8, same shape) and the per-clip PSNR and SSIM [N]."""
+    graphdef, state = nnx.split(vae)
     recons, psnrs, ssims = [], [], []
-    for start, chunk in _batches(videos, min(ev.get("batch_size", 4), len(videos))):
+    for start, chunk in _batches(videos, min(batch_size, len(videos))):
         recon, psnr, ssim = _reconstruct(graphdef, state, chunk)
         keep = min(len(chunk), len(videos) - start)
         recons.append(visualize.to_uint8(np.asarray(recon)[:keep]))
         psnrs.append(np.asarray(psnr)[:keep])
         ssims.append(np.asarray(ssim)[:keep])
-    if jax.process_index() == 0:
-        num = ev.get("num_videos", 4)
-        out_dir = os.path.join(workdir, "eval", f"step_{step:07d}")
-        ids = eval_clips.get("id")
-        _write_samples(out_dir, videos[:num], np.concatenate(recons)[:num],
-                       None if ids is None else list(ids)[:num], ev.get("fps", 8.0))
-    return {"psnr": float(np.mean(np.concatenate(psnrs))),
-            "ssim": float(np.mean(np.concatenate(ssims)))}
+    return np.concatenate(recons), np.concatenate(psnrs), np.concatenate(ssims)
 
 
 def finalize(model: VAETrainModel, batches: Iterable[dict], config: ConfigDict) -> dict:
