@@ -1,7 +1,7 @@
 r"""Tiny text-to-video DiT on the synthetic world (the demo's model): a 4-layer DiT over the tiny
 VAE's latents of 5-frame 96x96 clips whose frames are spread over each whole clip (2x12x12
 latents, 72 tokens), with a small T5-style text encoder trained jointly on our own
-sentencepiece vocabulary. About 12 minutes on 2 CPU cores from precomputed latents. The VAE is
+sentencepiece vocabulary. About 15 minutes on 2 CPU cores from precomputed latents. The VAE is
 trained at 64x64 and, being convolutional, encodes 96x96 as well; at 96x96 its reconstructions
 keep more of what the world grader checks (benchmarks/RESULTS.md, "The ceiling a VAE leaves").
 
@@ -28,7 +28,7 @@ def get_config(arg: str | None = None) -> ConfigDict:
     c.task = "dit"
     c.seed = 0
     c.init_from = ""          # a diffusers WanTransformer3DModel folder to start from
-    c.total_steps = 2500
+    c.total_steps = 3000
     c.log_every = 100
     c.eval_every = 1000
 
