@@ -27,14 +27,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from data_pipelines import pipeline, shards  # noqa: E402
+from launch.evaluate import parse_resolution  # noqa: E402
 from vidgen.evaluation import visualize, world_grader  # noqa: E402
 from vidgen.train import checkpoint  # noqa: E402
 from vidgen.train.tasks import vae as vae_task  # noqa: E402
-
-
-def _size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def grade_size(vae, shard_paths: list[str], height: int, width: int, num_frames: int,
@@ -70,7 +66,7 @@ def main() -> None:
     model, _, _ = checkpoint.load_trained_model(os.path.join(args.vae_workdir, "checkpoints"),
                                                 vae_task.build_model)
     shard_paths = shards.find_shards(args.data, args.split)
-    sizes = [_size(s) for s in args.sizes.split(",")]
+    sizes = [parse_resolution(s) for s in args.sizes.split(",")]
     ceilings = []
     for i, (height, width) in enumerate(sizes):
         graded = grade_size(model.vae, shard_paths, height, width, args.num_frames,
