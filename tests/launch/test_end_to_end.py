@@ -66,3 +66,25 @@ def test_world_tokenizer_vae_dit_sample(tmp_path):
                        "prompts.json"]
     metrics = json.load(open(runs / "samples" / "metrics.json"))
     assert metrics["summary"]["clips"] == 2 and 0.0 <= metrics["summary"]["overall"] <= 1.0
+    # A frozen pretrained text encoder (a random transformers T5 folder): training, its
+    # evaluation (validation loss and graded samples) and sampling from the checkpoint.
+    _random_t5_folder(runs / "t5", vocab_size=128)
+    log = _run("launch.train", "--config=launch/configs/dit_tiny.py:tiny",
+               f"--workdir={runs}/dit_frozen", f"--config.data.path={world}",
+               f"--config.vae.workdir={runs}/vae", f"--config.text.tokenizer={runs}/tok.model",
+               "--config.text.trainable=False", f"--config.text.pretrained={runs}/t5")
+    assert "eval at step 4" in log and "grader_overall" in log
+    _run("launch.sample", f"--checkpoint={runs}/dit_frozen",
+         f"--prompts_file={world}/heldout.jsonl", "--steps=2", f"--out={runs}/samples_frozen")
+    assert (runs / "samples_frozen" / "metrics.json").exists()
+
+
+def _random_t5_folder(folder: os.PathLike, vocab_size: int) -> None:
+    """A transformers T5 encoder folder (config.json + model.safetensors) of random weights,
+    shaped like the tiny config's text encoder."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64,
+                                   num_layers=1, num_heads=2, feed_forward_proj="gated-gelu")
+    transformers.T5EncoderModel(config).save_pretrained(folder)

@@ -282,14 +282,15 @@ def _validation_loss(graphdef, state, batch: dict, key: jax.Array) -> jax.Array:
 
 
 def _eval_batches(eval_clips: dict, config: ConfigDict, size: int):
-    """Yields (clip slice, prepared batch of latents and caption tokens) over the eval clips."""
-    fields, latents = example_fields(config), latent_encoder(config.vae.workdir)
+    """Yields (clip slice, batch prepared as for training: latents, caption tokens and, with a
+    frozen text encoder, caption features) over the eval clips."""
+    fields, prepare = example_fields(config), prepare_batch(config)
     videos, metas = np.asarray(eval_clips["video"]), eval_clips["meta"]
     for start in range(0, len(videos), size):
         chunk = slice(start, start + size)
         tokens = [fields(meta) for meta in metas[chunk]]
-        yield chunk, {"latents": latents(jnp.asarray(videos[chunk])),
-                      **{k: jnp.stack([t[k] for t in tokens]) for k in tokens[0]}}
+        yield chunk, prepare({"video": jnp.asarray(videos[chunk]),
+                              **{k: jnp.stack([t[k] for t in tokens]) for k in tokens[0]}})
 
 
 def _generator(model: DiTTrainModel, config: ConfigDict) -> generate.VideoGenerator:
