@@ -1,6 +1,8 @@
 """The README's demo path at toy scale, through the real command lines: world -> tokenizer ->
 VAE -> precomputed latents -> DiT -> samples for held-out prompts, graded. Checks that every
-stage hands the next what it needs and that the outputs exist; quality is the demo's business."""
+stage hands the next what it needs and that the outputs exist; quality is the demo's business.
+The DiT stage runs twice: with the demo's jointly trained text encoder, and frozen from a
+pretrained T5 folder (random weights from transformers), as a Wan-style run would."""
 
 import json
 import os
@@ -10,6 +12,8 @@ import sys
 import grain
 import jax.numpy as jnp
 import numpy as np
+import torch
+import transformers
 
 from data_pipelines import pipeline, shards
 from vidgen.train.tasks import dit as dit_task
@@ -82,8 +86,6 @@ def test_world_tokenizer_vae_dit_sample(tmp_path):
 def _random_t5_folder(folder: os.PathLike, vocab_size: int) -> None:
     """A transformers T5 encoder folder (config.json + model.safetensors) of random weights,
     shaped like the tiny config's text encoder."""
-    import torch
-    import transformers
     torch.manual_seed(0)
     config = transformers.T5Config(vocab_size=vocab_size, d_model=32, d_kv=16, d_ff=64,
                                    num_layers=1, num_heads=2, feed_forward_proj="gated-gelu")
